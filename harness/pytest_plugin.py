@@ -1,0 +1,1 @@
+"""pytest plugin entry point (options, fixtures and markers arrive with the run engine)."""

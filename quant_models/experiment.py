@@ -1,0 +1,158 @@
+"""Experiment files: what to train and how, validated with errors that name file and field."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import ConfigError
+
+SUPPORTED_BITS = (1, 2, 3, 4, 8)
+SCHEMES = ("ours", "fdml", "centralized", "autoencoder")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConvLayer(_Strict):
+    channels: int = Field(gt=0)
+    kernel: int = Field(default=5, gt=0)
+    padding: int | None = Field(default=None, ge=0, description="default: kernel // 2 (same size)")
+
+    @property
+    def pad(self) -> int:
+        return self.kernel // 2 if self.padding is None else self.padding
+
+
+class FcLayer(_Strict):
+    units: int = Field(gt=0)
+
+
+class LayerSpec(_Strict):
+    """One encoder layer: exactly one of ``conv``, ``maxpool`` (window = stride) or ``fc``."""
+
+    conv: ConvLayer | None = None
+    maxpool: int | None = Field(default=None, gt=1)
+    fc: FcLayer | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "LayerSpec":
+        given = [k for k in ("conv", "maxpool", "fc") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a layer is exactly one of conv, maxpool, fc (got {given or 'none'})")
+        return self
+
+
+def _paper_layers() -> list[LayerSpec]:
+    return [LayerSpec(conv=ConvLayer(channels=32, kernel=5)), LayerSpec(maxpool=2)]
+
+
+class EncoderSpec(_Strict):
+    """The node encoder's layers before its final FC to k = C/N outputs and the q-bit quantizer."""
+
+    layers: list[LayerSpec] = Field(default_factory=_paper_layers)
+    activation_bits: int = Field(default=8, ge=2, le=8, description="bits of hidden activations")
+
+
+class HeadSpec(_Strict):
+    hidden: list[int] = Field(default_factory=lambda: [1024])
+
+
+class CodeSpec(_Strict):
+    values: int = Field(gt=0, description="C: code values per inference, over all nodes")
+    bits: Union[int, Literal["float"]] = Field(description="q: bits per code value, or 'float'")
+
+    @field_validator("bits")
+    @classmethod
+    def _supported(cls, v: int | str) -> int | str:
+        if v != "float" and v not in SUPPORTED_BITS:
+            raise ValueError(f"q = {v} is not supported; use one of {list(SUPPORTED_BITS)} or 'float'")
+        return v
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits != "float"
+
+    @property
+    def bits_per_value(self) -> int:
+        """Bits each code value costs on the radio (float32 codes cost 32)."""
+        return 32 if self.bits == "float" else int(self.bits)
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(default=10, ge=0)
+    batch_size: int = Field(default=64, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    seed: int = 0
+    train_samples: int | None = Field(default=None, gt=0, description="use only the first N")
+    autoencoder_weight: float = Field(default=1.0, ge=0, description="reconstruction loss weight")
+
+
+class Experiment(_Strict):
+    name: str
+    description: str = ""
+    dataset: str
+    partition: str = "quadrants"
+    scheme: Literal["ours", "fdml", "centralized", "autoencoder"] = "ours"
+    code: CodeSpec
+    encoder: EncoderSpec = Field(default_factory=EncoderSpec)
+    head: HeadSpec = Field(default_factory=HeadSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    source: str = Field(default="<memory>", exclude=True)
+
+    def content_hash(self) -> str:
+        """Hash of everything that determines the trained model (not name, description, source)."""
+        content = self.model_dump(mode="json", exclude={"name", "description", "source"})
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+    def check_shape(self, nodes: int, classes: int) -> None:
+        """Checks that need the dataset and partition: C divisible by N, FDML's code length."""
+        if self.scheme == "centralized":
+            return
+        if self.code.values % nodes:
+            raise ConfigError(
+                f"{self.source}: field 'code.values': C = {self.code.values} is not divisible by "
+                f"the {nodes} nodes of partition {self.partition!r}; pick a multiple of {nodes}")
+        if self.scheme == "fdml" and self.code.values != nodes * classes:
+            raise ConfigError(
+                f"{self.source}: field 'code.values': scheme 'fdml' sums per-node class scores, so "
+                f"C must be nodes x classes = {nodes * classes} (got {self.code.values})")
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: field '{field}': {msg}")
+    return "\n".join(lines)
+
+
+def parse_experiment(data: object, source: str = "<memory>") -> Experiment:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: an experiment file must be a YAML mapping of fields")
+    try:
+        return Experiment.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from exc
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read experiment file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path}: malformed YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+    return parse_experiment(data, str(path))

@@ -1,0 +1,143 @@
+"""Export a trained split model for deployment.
+
+Per node: a QCDQ ONNX encoder (``dynamo=False``: the dynamo exporter refuses quantized biases)
+and its integer parameters (``node{i}.int.json``, see :mod:`quant_models.intparams`); the head as
+ONNX taking integer codes (the per-value scales are folded in); and ``manifest.json`` tying them
+together with the model hashes. A node's hash is the sha256 of its integer parameters; its first
+8 bytes are what firmware reports in HELLO. The model hash covers all nodes and the head.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.errors import ModelError
+
+from .intparams import IntEncoder
+from .model import NodeEncoder, SplitModel
+from .packing import payload_bytes
+from .partition import Partition
+
+ONNX_OPSET = 13
+MANIFEST = "manifest.json"
+
+
+class HeadFromCodes(nn.Module):
+    """The base station's network on integer codes [B, C] (as float32): code x scale -> head."""
+
+    def __init__(self, head: nn.Module, scales: torch.Tensor):
+        super().__init__()
+        self.head = head
+        self.register_buffer("scales", scales.float())
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.head(codes * self.scales)
+
+
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> None:
+    torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                      input_names=[input_name], output_names=[output_name],
+                      dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+
+
+def export_encoder_onnx(encoder: NodeEncoder, path: Path) -> None:
+    """QCDQ ONNX for a quantized encoder (plain ONNX for a float one); output = code values."""
+    example = torch.zeros(1, 1, *encoder.view_shape)
+    module = copy.deepcopy(encoder).eval()  # export attaches handlers to the module it gets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not encoder.quantized:
+            _onnx_export(module, example, path, "view", "code_values")
+            return
+        from brevitas.export import export_onnx_qcdq
+        try:
+            export_onnx_qcdq(module, args=example, export_path=str(path), dynamo=False,
+                             opset_version=ONNX_OPSET, input_names=["view"], output_names=["code_values"],
+                             dynamic_axes={"view": {0: "batch"}, "code_values": {0: "batch"}})
+        except Exception as exc:  # brevitas raises assorted types; give one clear error
+            raise ModelError(f"QCDQ export of node encoder failed: {exc}") from exc
+
+
+def export_head_onnx(model: SplitModel, path: Path) -> None:
+    wrapper = HeadFromCodes(copy.deepcopy(model.head), model.code_scales()).eval()
+    total = sum(e.code_len for e in model.encoders)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _onnx_export(wrapper, torch.zeros(1, total), path, "codes", "logits")
+
+
+def _sha256_tensors(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    manifest: dict
+
+    @property
+    def model_hash(self) -> str:
+        return self.manifest["model_hash"]
+
+
+def export_model(model: SplitModel, partition: Partition, out: Path, *, experiment: str = "",
+                 scheme: str = "", bits: int | str = 8) -> ExportResult:
+    """Write every artifact of ``model`` into ``out`` and return the manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    nodes = []
+    for i, enc in enumerate(model.encoders):
+        win = partition.windows[i]
+        entry: dict = {"node": i, "view_shape": list(partition.view_shape(i)),
+                       "window": {"top": win.top, "left": win.left, "height": win.height, "width": win.width},
+                       "code_len": enc.code_len}
+        if isinstance(enc, NodeEncoder):
+            onnx_name = f"node{i}.onnx"
+            export_encoder_onnx(enc, out / onnx_name)
+            entry["onnx"] = onnx_name
+            entry["code_bits"] = enc.bits if enc.quantized else "float"
+            if enc.quantized:
+                ie = enc.to_integer(i)
+                int_name = f"node{i}.int.json"
+                ie.save(out / int_name)
+                entry |= {"kind": "encoder", "int_params": int_name, "sha256": ie.sha256(),
+                          "code_exponent": ie.code_exponent, "macs": ie.macs,
+                          "payload_bytes": payload_bytes(ie.code_len, ie.code_bits)}
+            else:
+                entry |= {"kind": "float-encoder", "sha256": _sha256_tensors(enc.state_dict()),
+                          "payload_bytes": 4 * enc.code_len}
+        else:  # raw node: sends its pixels
+            entry |= {"kind": "raw", "code_bits": 8, "code_exponent": -8, "macs": 0,
+                      "payload_bytes": enc.code_len, "sha256": hashlib.sha256(b"raw").hexdigest()}
+        nodes.append(entry)
+    export_head_onnx(model, out / "head.onnx")
+    head_hash = _sha256_tensors(model.head.state_dict() | {"scales": model.code_scales()})
+    model_hash = hashlib.sha256("".join([n["sha256"] for n in nodes] + [head_hash]).encode()).hexdigest()
+    manifest = {"format": "hilbench-export/1", "experiment": experiment, "scheme": scheme,
+                "image_shape": list(partition.image_shape), "partition": partition.spec,
+                "code_bits": bits, "nodes": nodes,
+                "head": {"onnx": "head.onnx", "input": "codes", "sha256": head_hash},
+                "bits_per_inference": sum(n["code_len"] * (32 if n["code_bits"] == "float" else n["code_bits"])
+                                          for n in nodes),
+                "payload_bytes_per_inference": sum(n["payload_bytes"] for n in nodes),
+                "raw_bits_per_inference": 8 * int(np.prod(partition.image_shape)),
+                "model_hash": model_hash}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return ExportResult(out, manifest)
+
+
+def load_int_encoders(directory: Path) -> list[IntEncoder]:
+    manifest = json.loads((directory / MANIFEST).read_text())
+    return [IntEncoder.load(directory / n["int_params"]) for n in manifest["nodes"] if "int_params" in n]
