@@ -12,7 +12,7 @@ from quant_models.model import build_model
 from quant_models.partition import make_partition
 from quant_models.training import encoder_health, train, views_as_tensors
 
-from .conftest import small_experiment
+from tests.conftest import small_experiment
 
 
 def test_short_training_on_real_mnist_reaches_a_sane_floor(exported):

@@ -1,0 +1,37 @@
+/*
+ * Arm MPS2+ AN386 (Cortex-M4) as emulated by qemu-system-arm -M mps2-an386.
+ *
+ * Console: CMSDK APB UART0 @0x40004000. System clock 25 MHz (FPGA image and QEMU model).
+ */
+#include "board.h"
+#include "drivers/cmsdk_uart.h"
+
+#define UART0_BASE        0x40004000u
+#define TIMER0_VALUE      0x40000004u   /* CMSDK timer 0 current value; read as a wake-up */
+#define CLOCK_HZ          25000000u
+#define BAUD              115200u
+
+void board_init(void)
+{
+    cmsdk_uart_init(UART0_BASE, CLOCK_HZ / BAUD);
+}
+
+void board_uart_putc(uint8_t byte)
+{
+    cmsdk_uart_putc(UART0_BASE, byte);
+}
+
+uint8_t board_uart_getc(void)
+{
+    return cmsdk_uart_getc(UART0_BASE, TIMER0_VALUE);
+}
+
+const char *board_name(void)
+{
+    return "mps2-an386";
+}
+
+uint32_t board_clock_hz(void)
+{
+    return CLOCK_HZ;
+}

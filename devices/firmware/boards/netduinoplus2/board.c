@@ -1,0 +1,42 @@
+/*
+ * Netduino Plus 2 (STM32F405, Cortex-M4F) as emulated by qemu-system-arm -M netduinoplus2.
+ *
+ * Console: USART1 @0x40011000 (QEMU's first -serial). QEMU models SYSCLK as a fixed 168 MHz
+ * and ignores RCC, so the firmware does not program the PLL; on a real Netduino the part would
+ * run from the 16 MHz HSI unless the PLL were set up.
+ */
+#include "board.h"
+#include "drivers/stm32_usart.h"
+
+#define USART1_BASE    0x40011000u
+#define RCC_APB2ENR    (*(volatile uint32_t *)0x40023844u)
+#define RCC_APB2ENR_USART1EN (1u << 4)
+#define CLOCK_HZ       168000000u
+#define BAUD           115200u
+
+void board_init(void)
+{
+    RCC_APB2ENR |= RCC_APB2ENR_USART1EN;
+    /* USART1 is on APB2, which runs at SYSCLK/2 when SYSCLK is 168 MHz. */
+    stm32_usart_init(USART1_BASE, STM32_USART_BRR(CLOCK_HZ / 2u, BAUD));
+}
+
+void board_uart_putc(uint8_t byte)
+{
+    stm32_usart_putc(USART1_BASE, byte);
+}
+
+uint8_t board_uart_getc(void)
+{
+    return stm32_usart_getc(USART1_BASE);
+}
+
+const char *board_name(void)
+{
+    return "netduinoplus2";
+}
+
+uint32_t board_clock_hz(void)
+{
+    return CLOCK_HZ;
+}

@@ -1,0 +1,1 @@
+"""Emulated stand-ins for devices: processes that boot firmware and expose its serial link."""

@@ -1,0 +1,152 @@
+"""Device profiles: YAML files saying what a device is and how to reach and deploy to it.
+
+One file per device, read from ``devices/profiles/`` (shipped), every directory in
+``$HILBENCH_PROFILE_DIRS`` (``os.pathsep``-separated) and ``~/.config/hilbench/devices/``. Adding a
+device means dropping a file there; no code changes. Errors name the file and the field.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.errors import ConfigError
+from harness.paths import REPO_ROOT
+
+SHIPPED_PROFILES = REPO_ROOT / "devices" / "profiles"
+USER_PROFILES = Path.home() / ".config" / "hilbench" / "devices"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TransportSpec(_Strict):
+    """How the host reaches the device. Emulated MCUs get their URL from the launcher."""
+
+    url: str | None = Field(default=None, description="pyserial URL: /dev/ttyACM0, rfc2217://host:port, socket://")
+    reply_timeout_s: float = Field(default=2.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+
+
+class DeploySpec(_Strict):
+    """How firmware gets onto the device: ``qemu`` (emulated board), ``command`` (a flash tool
+    such as pyOCD or OpenOCD, run with ``{elf}`` replaced by the firmware path) or ``none``
+    (already flashed)."""
+
+    method: Literal["qemu", "command", "none"]
+    command: list[str] | None = None
+    icount_shift: int | None = Field(default=None, ge=0, le=10, description="qemu: -icount shift")
+
+    @model_validator(mode="after")
+    def _command_given(self) -> "DeploySpec":
+        if self.method == "command" and not self.command:
+            raise ValueError("method 'command' needs 'command', e.g. [pyocd, flash, -t, stm32f446retx, '{elf}']")
+        return self
+
+
+class PowerSpec(_Strict):
+    """Datasheet or measured power figures, each with its source."""
+
+    active_mw: float = Field(gt=0)
+    idle_mw: float = Field(ge=0)
+    source: str = Field(min_length=3, description="where the numbers come from")
+
+
+class DeviceProfile(_Strict):
+    name: str
+    kind: Literal["mcu", "linux", "local"]
+    description: str = ""
+    emulated: bool
+    board: str | None = Field(default=None, description="mcu: a board of harness.boards")
+    cpu: str = ""
+    clock_hz: int | None = Field(default=None, gt=0)
+    transport: TransportSpec = Field(default_factory=TransportSpec)
+    deploy: DeploySpec
+    power: PowerSpec | None = None
+    radio: str | None = None
+    meter: str | None = None
+    source: str = Field(default="<memory>", exclude=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DeviceProfile":
+        if self.kind == "mcu":
+            from harness.boards import BOARDS
+
+            if self.board is None:
+                raise ValueError("an mcu profile needs 'board'")
+            try:
+                board = BOARDS.get(self.board)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            if self.emulated and (self.deploy.method != "qemu" or board.qemu_machine is None):
+                raise ValueError(f"an emulated mcu deploys with method 'qemu' on a board QEMU emulates "
+                                 f"(board {self.board!r}, method {self.deploy.method!r})")
+            if not self.emulated and self.transport.url is None:
+                raise ValueError("a real mcu needs 'transport.url' (e.g. /dev/ttyACM0)")
+        return self
+
+    @property
+    def board_description(self):
+        from harness.boards import BOARDS
+
+        return BOARDS.get(self.board) if self.board else None
+
+
+def _format(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{source}: field '{field}': {err['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def load_profile(path: Path) -> DeviceProfile:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read device profile ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a device profile must be a YAML mapping of fields")
+    try:
+        profile = DeviceProfile.model_validate({**data, "source": str(path)})
+    except ValidationError as exc:
+        raise ConfigError(_format(str(path), exc)) from exc
+    if profile.name != path.stem:
+        raise ConfigError(f"{path}: field 'name': {profile.name!r} must match the file name {path.stem!r}")
+    return profile
+
+
+def profile_dirs() -> list[Path]:
+    extra = [Path(p).expanduser() for p in os.environ.get("HILBENCH_PROFILE_DIRS", "").split(os.pathsep) if p]
+    return [SHIPPED_PROFILES, *extra, USER_PROFILES]
+
+
+def load_profiles(dirs: list[Path] | None = None) -> dict[str, DeviceProfile]:
+    """All profiles by name; two files defining one name is an error naming both."""
+    profiles: dict[str, DeviceProfile] = {}
+    for directory in dirs if dirs is not None else profile_dirs():
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.yaml")):
+            profile = load_profile(path)
+            if profile.name in profiles:
+                raise ConfigError(f"device {profile.name!r} is defined twice: {profiles[profile.name].source} and {path}")
+            profiles[profile.name] = profile
+    return profiles
+
+
+def get_profile(name: str, dirs: list[Path] | None = None) -> DeviceProfile:
+    profiles = load_profiles(dirs)
+    if name not in profiles:
+        searched = ", ".join(str(d) for d in (dirs if dirs is not None else profile_dirs()))
+        raise ConfigError(f"unknown device {name!r}; known: {', '.join(sorted(profiles)) or 'none'} "
+                          f"(profiles are read from {searched})")
+    return profiles[name]

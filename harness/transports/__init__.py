@@ -1,0 +1,98 @@
+"""Byte links to devices that move whole frames, chosen by URL scheme.
+
+A transport knows only the frame delimiter (0x00): it writes encoded frames and hands back the
+bytes between delimiters. What a frame means is :mod:`harness.protocol`'s business, and
+retrying is the target's. Transports count every byte they move, framing included, so the
+harness can report wire bytes per inference.
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from harness.errors import ConfigError
+
+
+class Transport(Protocol):
+    """A frame link to one device."""
+
+    url: str
+    bytes_sent: int
+    bytes_received: int
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def write_frame(self, wire: bytes) -> None:
+        """Send one encoded frame (delimiter included)."""
+
+    def read_frame(self, timeout: float) -> bytes | None:
+        """The next non-empty frame's bytes without the delimiter, or None after ``timeout`` s."""
+
+    def discard_input(self) -> None:
+        """Drop buffered and pending received bytes (to resynchronise after trouble)."""
+
+
+TransportFactory = Callable[..., Transport]
+F = TypeVar("F", bound=TransportFactory)
+
+# Device paths such as /dev/ttyACM0 or COM3 have no scheme; they are filed under "serial".
+PLAIN_PATH_SCHEME = "serial"
+
+
+class TransportRegistry:
+    """Transport classes by URL scheme; a scheme can be registered once."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, TransportFactory] = {}
+
+    def register(self, *schemes: str) -> Callable[[F], F]:
+        """Class decorator: make the class the transport for ``schemes``; refuses duplicates."""
+
+        def decorate(factory: F) -> F:
+            for scheme in schemes:
+                if scheme in self._factories:
+                    raise ConfigError(
+                        f"transport scheme {scheme!r} is already registered "
+                        f"to {self._factories[scheme].__name__}"
+                    )
+            for scheme in schemes:
+                self._factories[scheme] = factory
+            return factory
+
+        return decorate
+
+    def scheme_of(self, url: str) -> str:
+        scheme = urlsplit(url).scheme
+        # A one-letter "scheme" is a Windows drive letter, i.e. a plain path.
+        return scheme if len(scheme) > 1 else PLAIN_PATH_SCHEME
+
+    def create(self, url: str, **options: object) -> Transport:
+        """An unopened transport for ``url``; ConfigError if no transport handles its scheme."""
+        scheme = self.scheme_of(url)
+        try:
+            factory = self._factories[scheme]
+        except KeyError:
+            raise ConfigError(
+                f"no transport for URL {url!r} (scheme {scheme!r}); known schemes: "
+                f"{', '.join(sorted(self._factories))}"
+            ) from None
+        return factory(url, **options)
+
+    def schemes(self) -> list[str]:
+        return sorted(self._factories)
+
+
+TRANSPORTS = TransportRegistry()
+
+
+def open_transport(url: str, **options: object) -> Transport:
+    """Create and open the transport for ``url``."""
+    transport = TRANSPORTS.create(url, **options)
+    transport.open()
+    return transport
+
+
+# The built-in transports register themselves with TRANSPORTS when their module is imported.
+from harness.transports import serial as _serial  # noqa: E402,F401

@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Host-side benchmark (before devices): QAT vs float step time, and test accuracy of the paper
+configuration (ours, C = 64, q = 4), FDML and centralized on mnist and fashion-mnist.
+
+Figures are computed on this host with Brevitas/torch on the CPU (not on a device).
+Writes results/reference/host-benchmark.json and .md. Reproduce with:
+    .venv/bin/python scripts/bench_host.py [--fashion-epochs N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from quant_models.datasets import load_dataset
+from quant_models.experiment import load_experiment
+from quant_models.pipeline import get_trained_model
+from quant_models.training import train
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ["paper-mnist", "paper-mnist-fdml", "paper-mnist-centralized"]
+
+
+def step_time(bits) -> float:
+    exp = load_experiment(ROOT / "experiments/paper-mnist.yaml")
+    exp = exp.model_copy(update={
+        "code": exp.code.model_copy(update={"bits": bits}),
+        "training": exp.training.model_copy(update={"epochs": 1, "train_samples": 3200})})
+    return train(exp, load_dataset("mnist")).metrics["seconds_per_step"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fashion-epochs", type=int, default=5,
+                        help="epochs on fashion-mnist (60k images; 20 epochs take ~20 min per model here)")
+    args = parser.parse_args()
+    record = {"command": f".venv/bin/python scripts/bench_host.py --fashion-epochs {args.fashion_epochs}",
+              "basis": "computed on the host CPU (torch/Brevitas), not on a device",
+              "host": {"machine": platform.machine(), "cpus": torch.get_num_threads(),
+                       "torch": torch.__version__},
+              "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                           cwd=ROOT).stdout.strip(),
+              "step_time": {}, "accuracy": []}
+    qat, flt = step_time(4), step_time("float")
+    record["step_time"] = {"batch": 64, "qat_seconds_per_step": qat, "float_seconds_per_step": flt,
+                           "qat_over_float": qat / flt,
+                           "network": "paper encoder x4 (conv 32@5x5, maxpool 2, FC 16) + head FC 1024"}
+    for dataset in ("mnist", "fashion-mnist"):
+        for name in VARIANTS:
+            exp = load_experiment(ROOT / f"experiments/{name}.yaml")
+            update = {"dataset": dataset}
+            if dataset != "mnist":
+                update["training"] = exp.training.model_copy(update={"epochs": args.fashion_epochs})
+            exp = exp.model_copy(update=update)
+            started = time.perf_counter()
+            m = get_trained_model(exp).cached.metrics
+            record["accuracy"].append({
+                "dataset": dataset, "experiment": name, "scheme": m["scheme"], "code_bits": m["code_bits"],
+                "bits_per_inference": {"ours": 256, "fdml": 160, "centralized": 6272}[m["scheme"]],
+                "epochs": m["epochs"], "train_samples": m["train_samples"], "test_samples": m["test_samples"],
+                "test_accuracy": m["test_accuracy"], "train_seconds": m["train_seconds"],
+                "wall_seconds": time.perf_counter() - started})
+            print(json.dumps(record["accuracy"][-1]), flush=True)
+    out = ROOT / "results/reference"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "host-benchmark.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = ["# Host-side benchmark (before devices)", "",
+             f"Reproduce: `{record['command']}` (commit {record['git_commit'][:10]}).",
+             f"Basis: {record['basis']}.", "",
+             f"QAT step {qat * 1000:.1f} ms vs float step {flt * 1000:.1f} ms (batch 64): "
+             f"QAT costs {qat / flt:.2f}x.", "",
+             "| dataset | scheme | bits/inference | epochs | test accuracy |", "|---|---|---|---|---|"]
+    for r in record["accuracy"]:
+        lines.append(f"| {r['dataset']} | {r['scheme']} | {r['bits_per_inference']} | {r['epochs']} | "
+                     f"{r['test_accuracy']:.4f} ({r['test_samples']} images) |")
+    (out / "host-benchmark.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
