@@ -1,7 +1,10 @@
 """Root conftest: isolated caches for trained models; the dataset cache is the real one."""
+
 from __future__ import annotations
 
 import pytest
+
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -56,6 +56,149 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_devices_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .console import stdout
+    from .profiles import load_profiles
+
+    table = Table(title="device profiles")
+    table.add_column("name", no_wrap=True)
+    for col in ("kind", "emulated", "board / cpu", "deploy", "file"):
+        table.add_column(col, overflow="fold")
+    for name, p in sorted(load_profiles().items()):
+        table.add_row(name, p.kind, "yes" if p.emulated else "no", p.board or p.cpu, p.deploy.method, p.source)
+    stdout.print(table)
+    return 0
+
+
+def _cmd_devices_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .profiles import get_profile
+
+    profile = get_profile(args.name)
+    print(f"# {profile.source}")
+    print(yaml.safe_dump(profile.model_dump(mode="json", exclude_none=True), sort_keys=False), end="")
+    return 0
+
+
+def _cmd_devices_check(args: argparse.Namespace) -> int:
+    """Deploy node 0 of an experiment's model to the device and shake hands (HELLO, PING)."""
+    from quant_models.experiment import load_experiment
+    from quant_models.pipeline import get_trained_model
+
+    from .console import console, key_value_table, progress_factory
+    from .deploy import deploy_mcu_node
+    from .profiles import get_profile
+
+    profile = get_profile(args.name)
+    if profile.kind != "mcu":
+        from .targets.linux import check_linux_device
+
+        console.print(key_value_table(f"{profile.name}: ok", check_linux_device(profile)))
+        return 0
+    exp = load_experiment(args.experiment)
+    with progress_factory() as progress:
+        trained = get_trained_model(exp, progress=progress)
+    encoder = trained.cached.model.encoders[0].to_integer(0)
+    with deploy_mcu_node(profile, encoder) as node:
+        hello, rtt = node.target.hello, node.target.ping()
+        fw = node.firmware
+        console.print(key_value_table(f"{profile.name}: ok", {
+            "board": hello.board, "emulated": profile.emulated, "protocol": hello.protocol_version,
+            "model hash": f"{hello.model_hash.hex()} (matches {exp.name} node 0)",
+            "input / code": f"{hello.input_h}x{hello.input_w} -> {hello.code_len} x {hello.code_bits} bits "
+                            f"({hello.code_bytes} bytes)",
+            "clock / timer": f"{hello.clock_hz} Hz / {hello.timer_hz} Hz ({hello.timer_kind.name})",
+            "flash": f"{fw.flash_bytes} of {fw.flash_capacity} bytes",
+            "RAM": f"{fw.ram_bytes} of {fw.ram_capacity} bytes (stack estimate {fw.max_stack_bytes} B)",
+            "ping round trip": f"{rtt * 1000:.2f} ms (host wall clock)",
+        }))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from quant_models.experiment import load_experiment
+
+    from .console import console, progress_factory, summary_table
+    from .results import ResultsStore
+    from .run import RunOptions, run_experiment
+
+    exp = load_experiment(args.experiment)
+    store = ResultsStore(args.db)
+    options = RunOptions(nodes_device=args.nodes_device, gateway_device=args.gateway_device,
+                         samples=args.samples, new=args.new)
+    with progress_factory() as progress:
+        summary = run_experiment(exp, store, options, progress)
+    console.print(summary_table(summary))
+    console.print(f"results: {store.path} (run {summary['run_id']}); report: hilbench report --run {summary['run_id']} --out DIR")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def _cmd_results_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .console import stdout
+    from .results import ResultsStore
+
+    runs = ResultsStore(args.db).runs()
+    table = Table(title=f"runs in {args.db or 'results/hilbench.sqlite'}")
+    table.add_column("run_id", no_wrap=True)
+    for col in ("experiment", "status", "samples", "nodes on", "gateway", "emulated", "accuracy"):
+        table.add_column(col, overflow="fold")
+    for _, r in runs.iterrows():
+        acc = json.loads(r.summary)["accuracy"] if r.summary else None
+        table.add_row(r.run_id, r.experiment, r.status, str(r.samples), r.node_device, r.gateway_device,
+                      "yes" if r.emulated else "no", "" if acc is None else f"{acc:.4f}")
+    stdout.print(table)
+    return 0
+
+
+def _cmd_results_show(args: argparse.Namespace) -> int:
+    from .console import console, summary_table
+    from .results import ResultsStore
+
+    run = ResultsStore(args.db).run(args.run_id)
+    if run["summary"] is None:
+        console.print(f"run {args.run_id} is {run['status']}: no summary yet (run it again to resume)")
+        return 1
+    if args.json:
+        print(json.dumps(run["summary"]))
+    else:
+        console.print(summary_table(run["summary"]))
+    return 0
+
+
+def _cmd_results_export(args: argparse.Namespace) -> int:
+    from .results import ResultsStore
+
+    store = ResultsStore(args.db)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_ids = args.run or list(store.runs().run_id)
+    tables = {"runs": store.runs(), "inferences": store.inferences(), "predictions": store.predictions()}
+    for name, df in tables.items():
+        df = df[df.run_id.isin(run_ids)]
+        for col in ("code", "golden_code"):
+            if col in df:
+                df = df.assign(**{col: df[col].map(lambda b: bytes(b).hex())})
+        df.to_csv(out / f"{name}.csv", index=False)
+        print(out / f"{name}.csv")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .results import ResultsStore
+
+    report = write_report(ResultsStore(args.db), args.run, Path(args.out))
+    print(report)
+    return 0
+
+
 def _cmd_datasets(args: argparse.Namespace) -> int:
     from quant_models.datasets import dataset_names
 
@@ -84,6 +227,46 @@ def build_parser() -> argparse.ArgumentParser:
     export = experiment_command("export", "export ONNX encoders/head, integer parameters and hashes", _cmd_export)
     export.add_argument("--out", required=True, help="output directory")
     sub.add_parser("datasets", help="list dataset names").set_defaults(func=_cmd_datasets)
+
+    run = experiment_command("run", "run an experiment end to end on devices (default: emulated)", _cmd_run)
+    run.add_argument("--nodes-device", help="device profile for every node (default: the experiment's)")
+    run.add_argument("--gateway-device", help="'host' or a linux device profile that runs the head")
+    run.add_argument("--samples", type=int, help="test samples to run (default: the whole test split)")
+    run.add_argument("--db", type=Path, help="results database (default: results/hilbench.sqlite)")
+    run.add_argument("--new", action="store_true", help="start a new run even if this one exists (default: resume)")
+
+    report = sub.add_parser("report", help="figures and an HTML report from stored runs")
+    report.add_argument("--run", action="append", help="run id (repeatable; default: every complete run)")
+    report.add_argument("--out", required=True, help="output directory")
+    report.add_argument("--db", type=Path, help="results database (default: results/hilbench.sqlite)")
+    report.set_defaults(func=_cmd_report)
+
+    results = sub.add_parser("results", help="stored runs: list, show, export").add_subparsers(
+        dest="results_command", required=True)
+    for name, func, help_ in (("list", _cmd_results_list, "list runs"),
+                              ("show", _cmd_results_show, "a run's summary"),
+                              ("export", _cmd_results_export, "tables as CSV")):
+        p = results.add_parser(name, help=help_)
+        p.add_argument("--db", type=Path, help="results database (default: results/hilbench.sqlite)")
+        p.set_defaults(func=func)
+        if name == "show":
+            p.add_argument("run_id")
+            p.add_argument("--json", action="store_true")
+        if name == "export":
+            p.add_argument("--csv", dest="out", required=True, metavar="DIR", help="write CSV files into DIR")
+            p.add_argument("--run", action="append", help="only this run (repeatable)")
+
+    devices = sub.add_parser("devices", help="device profiles: list, show, check").add_subparsers(
+        dest="devices_command", required=True)
+    devices.add_parser("list", help="list the device profiles found").set_defaults(func=_cmd_devices_list)
+    show = devices.add_parser("show", help="print a device profile")
+    show.add_argument("name")
+    show.set_defaults(func=_cmd_devices_show)
+    check = devices.add_parser("check", help="deploy a model to the device and shake hands")
+    check.add_argument("name")
+    check.add_argument("--experiment", default="experiments/smoke.yaml",
+                       help="whose node-0 encoder to deploy (default: experiments/smoke.yaml)")
+    check.set_defaults(func=_cmd_devices_check)
     return parser
 
 

@@ -32,12 +32,37 @@ class TransportSpec(_Strict):
     max_retries: int = Field(default=3, ge=0)
 
 
-class DeploySpec(_Strict):
-    """How firmware gets onto the device: ``qemu`` (emulated board), ``command`` (a flash tool
-    such as pyOCD or OpenOCD, run with ``{elf}`` replaced by the firmware path) or ``none``
-    (already flashed)."""
+class SshSpec(_Strict):
+    """How to reach a Linux device. Host keys are verified against ``known_hosts`` (or a pinned
+    ``host_key``); ``verify_host_key: false`` is an explicit, loudly logged opt-out."""
 
-    method: Literal["qemu", "command", "none"]
+    host: str
+    port: int = Field(default=22, gt=0, lt=65536)
+    user: str
+    key: str | None = Field(default=None, description="private key file (default: the agent / ~/.ssh)")
+    known_hosts: str | None = Field(default=None, description="default ~/.ssh/known_hosts")
+    host_key: str | None = Field(default=None, description="pinned public key, e.g. 'ssh-ed25519 AAAA...'")
+    verify_host_key: bool = True
+    python: str = Field(default="python3", description="python on the device, for the runner venv")
+    workdir: str = Field(default="hilbench", description="directory on the device, relative to home")
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+
+
+MCU_DEPLOY_METHODS = ("qemu", "command", "none")
+LINUX_DEPLOY_METHODS = ("loopback-sshd", "arm64-netns", "ssh")
+
+
+class DeploySpec(_Strict):
+    """How a model gets onto the device.
+
+    Microcontrollers: ``qemu`` (emulated board), ``command`` (a flash tool such as pyOCD or
+    OpenOCD, run with ``{elf}`` replaced by the firmware path) or ``none`` (already flashed).
+    Linux devices: ``loopback-sshd`` (the harness starts a real sshd on 127.0.0.1),
+    ``arm64-netns`` (the harness starts an arm64 root filesystem under qemu-user with its own sshd
+    in a network namespace) or ``ssh`` (a real device, reached with the ``ssh`` section).
+    The host itself (kind ``local``): ``local`` (onnxruntime in this process)."""
+
+    method: Literal["qemu", "command", "none", "loopback-sshd", "arm64-netns", "ssh", "local"]
     command: list[str] | None = None
     icount_shift: int | None = Field(default=None, ge=0, le=10, description="qemu: -icount shift")
 
@@ -66,6 +91,7 @@ class DeviceProfile(_Strict):
     clock_hz: int | None = Field(default=None, gt=0)
     transport: TransportSpec = Field(default_factory=TransportSpec)
     deploy: DeploySpec
+    ssh: SshSpec | None = None
     power: PowerSpec | None = None
     radio: str | None = None
     meter: str | None = None
@@ -87,6 +113,14 @@ class DeviceProfile(_Strict):
                                  f"(board {self.board!r}, method {self.deploy.method!r})")
             if not self.emulated and self.transport.url is None:
                 raise ValueError("a real mcu needs 'transport.url' (e.g. /dev/ttyACM0)")
+            if self.deploy.method not in MCU_DEPLOY_METHODS:
+                raise ValueError(f"an mcu deploys with one of {list(MCU_DEPLOY_METHODS)}, not {self.deploy.method!r}")
+        elif self.kind == "linux":
+            if self.deploy.method not in LINUX_DEPLOY_METHODS:
+                raise ValueError(f"a linux device deploys with one of {list(LINUX_DEPLOY_METHODS)}, "
+                                 f"not {self.deploy.method!r}")
+            if not self.emulated and (self.ssh is None or self.deploy.method != "ssh"):
+                raise ValueError("a real linux device needs an 'ssh' section and deploy method 'ssh'")
         return self
 
     @property

@@ -93,6 +93,21 @@ class TrainingSpec(_Strict):
     autoencoder_weight: float = Field(default=1.0, ge=0, description="reconstruction loss weight")
 
 
+class DevicesSpec(_Strict):
+    """Where a run executes: one device profile for every node (or one per node) and the gateway
+    that runs the head (``host``: onnxruntime on this machine, or a linux device profile)."""
+
+    nodes: Union[str, list[str]] = "stm32f405-qemu"
+    gateway: str = "host"
+
+    def node_devices(self, count: int) -> list[str]:
+        if isinstance(self.nodes, str):
+            return [self.nodes] * count
+        if len(self.nodes) != count:
+            raise ValueError(f"devices.nodes lists {len(self.nodes)} devices for {count} nodes")
+        return list(self.nodes)
+
+
 class Experiment(_Strict):
     name: str
     description: str = ""
@@ -103,11 +118,12 @@ class Experiment(_Strict):
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
     head: HeadSpec = Field(default_factory=HeadSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    devices: DevicesSpec = Field(default_factory=DevicesSpec)
     source: str = Field(default="<memory>", exclude=True)
 
     def content_hash(self) -> str:
-        """Hash of everything that determines the trained model (not name, description, source)."""
-        content = self.model_dump(mode="json", exclude={"name", "description", "source"})
+        """Hash of everything that determines the trained model (not name, description, devices)."""
+        content = self.model_dump(mode="json", exclude={"name", "description", "source", "devices"})
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def check_shape(self, nodes: int, classes: int) -> None:

@@ -1,0 +1,67 @@
+"""The run summary (what ``hilbench run --json`` prints), computed from the results store.
+
+Keys (all per run): run_id, experiment, status, samples, accuracy, golden_accuracy,
+bitexact_rate, bits_per_inference, payload_bytes_per_inference, raw_bits_per_inference,
+wire_bytes_per_inference, emulated, gateway, nodes [{node, device, emulated, latency {p50, p90,
+p99, mean, unit, basis}, host_round_trip_ms {p50, p90, p99}, instructions_per_inference,
+cycles_per_inference, macs_per_inference, flash_bytes, ram_bytes, stack_bytes, retries}].
+Computed from stored rows, so a resumed run summarises everything it holds.
+"""
+from __future__ import annotations
+
+import json
+
+from harness.errors import MeasurementError
+from harness.results import ResultsStore
+from harness.stats import distribution
+
+
+def _mean_of_unit(rows, unit: str) -> float | None:
+    picked = rows[rows.device_unit == unit]["device_count"]
+    return float(picked.mean()) if len(picked) else None
+
+
+def summarize_run(store: ResultsStore, run_id: str, manifest: dict) -> dict:
+    run = store.run(run_id)
+    inf, pred, nodes = store.inferences(run_id), store.predictions(run_id), store.nodes(run_id)
+    if pred.empty:
+        raise MeasurementError(f"run {run_id} has no predictions yet")
+    samples = len(pred)
+    node_rows = []
+    for _, n in nodes.iterrows():
+        rows = inf[inf.node == n.node]
+        lat = distribution(rows["latency"].tolist())
+        rtt = distribution((rows["host_rtt_s"] * 1000).tolist())
+        node_rows.append({
+            "node": int(n.node), "device": n.device, "emulated": bool(n.emulated), "board": n.board,
+            "samples": int(len(rows)),
+            "latency": {"p50": lat.p50, "p90": lat.p90, "p99": lat.p99, "mean": lat.mean,
+                        "unit": rows["latency_unit"].iloc[0], "basis": rows["latency_basis"].iloc[0]},
+            "host_round_trip_ms": {"p50": rtt.p50, "p90": rtt.p90, "p99": rtt.p99,
+                                   "basis": "measured on host (wall clock, request to reply)"},
+            "instructions_per_inference": _mean_of_unit(rows, "instructions"),
+            "cycles_per_inference": _mean_of_unit(rows, "cycles"),
+            "macs_per_inference": int(n.macs) if n.macs is not None else None,
+            "flash_bytes": None if n.flash_bytes is None else int(n.flash_bytes),
+            "ram_bytes": None if n.ram_bytes is None else int(n.ram_bytes),
+            "stack_bytes": None if n.stack_bytes is None else int(n.stack_bytes),
+            "retries": int((rows["attempts"].fillna(1) - 1).sum()),
+            "info": json.loads(n["info"]) if n["info"] else {},
+        })
+    wire = (inf["wire_bytes_sent"].fillna(0) + inf["wire_bytes_received"].fillna(0)).sum()
+    useful_per_node = [m["view_shape"][0] * m["view_shape"][1] + m["payload_bytes"] for m in manifest["nodes"]]
+    return {
+        "run_id": run_id, "experiment": run["experiment"], "status": "complete", "samples": samples,
+        "accuracy": float((pred.prediction == pred.label).mean()),
+        "golden_accuracy": float((pred.golden_prediction == pred.label).mean()),
+        "bitexact_rate": float(inf.bitexact.mean()),
+        "bits_per_inference": manifest["bits_per_inference"],
+        "payload_bytes_per_inference": manifest["payload_bytes_per_inference"],
+        "raw_bits_per_inference": manifest["raw_bits_per_inference"],
+        "wire_bytes_per_inference": float(wire / samples),
+        "useful_link_bytes_per_inference": sum(useful_per_node),
+        "emulated": bool(run["emulated"]), "gateway": run["gateway_device"],
+        "model_hash": run["model_hash"], "dataset": run["dataset"], "scheme": run["scheme"],
+        "code_bits": run["code_bits"],
+        "nodes": node_rows,
+    }

@@ -1,0 +1,58 @@
+"""The pytest plugin, exercised with pytester in a subprocess (real QEMU behind hil_run)."""
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from harness.paths import cache_root
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = cache_root()  # read before pytester points HOME at a temp dir
+
+EXAMPLE = """
+import pytest
+
+@pytest.mark.hil_hardware
+def test_on_device(hil_run):
+    summary = hil_run()
+    assert summary["bitexact_rate"] == 1.0
+
+def test_plain():
+    assert True
+"""
+
+
+@pytest.fixture
+def example(pytester, monkeypatch):
+    monkeypatch.setenv("HILBENCH_CACHE", str(CACHE))  # datasets and firmware, as the user has them
+    pytester.makepyfile(test_example=EXAMPLE)
+    return pytester
+
+
+def test_hardware_tests_are_skipped_without_a_device(example):
+    result = example.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*hil_hardware: no device given (use --hil-device NAME)*"])
+
+
+@pytest.mark.emulated
+def test_benchmark_runs_on_the_emulated_device_and_is_recorded(example, tmp_path):
+    db = tmp_path / "plugin.sqlite"
+    result = example.runpytest_subprocess(
+        "--hil-device", "stm32f405-qemu", "--hil-experiment", str(REPO / "experiments/smoke.yaml"),
+        "--hil-db", str(db), "--hil-samples", "12", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT experiment, samples, status, node_device FROM runs").fetchall() == [
+            ("smoke", 12, "complete", "stm32f405-qemu")]
+
+
+def test_unknown_device_is_a_clear_error(example):
+    result = example.runpytest_subprocess("--hil-device", "no-such-device", "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1, passed=1)
+    result.stdout.fnmatch_lines(["*unknown device 'no-such-device'; known:*"])
+
+
+def test_plugin_options_are_listed_in_help(pytester):
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines(["*--hil-device=HIL_DEVICE*", "*--hil-experiment=HIL_EXPERIMENT*", "*--hil-db=HIL_DB*"])

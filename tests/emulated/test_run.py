@@ -1,0 +1,139 @@
+"""The main job end to end on 4 emulated STM32F405 nodes (real QEMU, real firmware, real data)."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import matplotlib.image
+import pytest
+
+pytestmark = pytest.mark.emulated
+
+SUMMARY_KEYS = {"run_id", "experiment", "samples", "accuracy", "golden_accuracy", "bitexact_rate",
+                "bits_per_inference", "payload_bytes_per_inference", "raw_bits_per_inference",
+                "wire_bytes_per_inference", "nodes"}
+NODE_KEYS = {"node", "device", "emulated", "latency", "instructions_per_inference", "macs_per_inference",
+             "flash_bytes", "ram_bytes"}
+
+
+def hilbench(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    db = tmp_path_factory.mktemp("run") / "results.sqlite"
+    proc = hilbench("run", "experiments/smoke.yaml", "--samples", "60", "--db", str(db), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return db, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_smoke_run_is_bit_exact_and_reports_every_key(smoke_run):
+    _, summary = smoke_run
+    assert SUMMARY_KEYS <= summary.keys()
+    assert summary["samples"] == 60
+    assert summary["bitexact_rate"] == 1.0
+    assert summary["accuracy"] == summary["golden_accuracy"]
+    assert summary["bits_per_inference"] == 256 and summary["payload_bytes_per_inference"] == 32
+    assert summary["raw_bits_per_inference"] == 6272
+    assert summary["wire_bytes_per_inference"] > 4 * (196 + 8)  # inputs + codes + framing
+    assert len(summary["nodes"]) == 4
+    for node in summary["nodes"]:
+        assert NODE_KEYS <= node.keys()
+        assert node["device"] == "stm32f405-qemu" and node["emulated"] is True
+        lat = node["latency"]
+        assert {"p50", "p90", "p99", "unit", "basis"} <= lat.keys()
+        assert lat["unit"] == "instructions" and "emulator" in lat["basis"] and "not cycles" in lat["basis"]
+        assert lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert node["instructions_per_inference"] > node["macs_per_inference"] == 181888
+        assert 0 < node["flash_bytes"] < 1024 * 1024 and 0 < node["ram_bytes"] < 128 * 1024
+
+
+def test_same_run_again_returns_it_instead_of_repeating(smoke_run):
+    db, summary = smoke_run
+    proc = hilbench("run", "experiments/smoke.yaml", "--samples", "60", "--db", str(db), "--json")
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["run_id"] == summary["run_id"]
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+        assert con.execute("SELECT COUNT(*) FROM inferences").fetchone()[0] == 4 * 60
+
+
+def test_report_writes_html_and_nonempty_figures(smoke_run, tmp_path):
+    db, summary = smoke_run
+    proc = hilbench("report", "--db", str(db), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    html = (tmp_path / "report.html").read_text()
+    assert summary["run_id"] in html and "data:image/png;base64," in html
+    assert "counted on emulator" in html
+    for name in ("accuracy_vs_bits.png", "latency.png", "bytes.png"):
+        image = matplotlib.image.imread(tmp_path / name)
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01
+
+
+def test_results_cli_lists_shows_and_exports(smoke_run, tmp_path):
+    db, summary = smoke_run
+    assert summary["run_id"] in hilbench("results", "list", "--db", str(db)).stdout
+    shown = hilbench("results", "show", summary["run_id"], "--db", str(db), "--json")
+    assert json.loads(shown.stdout)["accuracy"] == summary["accuracy"]
+    assert hilbench("results", "export", "--csv", str(tmp_path), "--db", str(db)).returncode == 0
+    import pandas as pd
+    inf = pd.read_csv(tmp_path / "inferences.csv")
+    assert len(inf) == 240 and set(inf.node) == {0, 1, 2, 3}
+
+
+def test_killed_run_resumes_with_exactly_one_row_per_node_and_sample(tmp_path):
+    db = tmp_path / "killed.sqlite"
+    args = [sys.executable, "-m", "harness.cli", "run", "experiments/smoke.yaml", "--samples", "150", "--db", str(db)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    rows = 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    rows = con.execute("SELECT COUNT(*) FROM inferences").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+            if rows >= 100:
+                break
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(db) as con:
+        kept = con.execute("SELECT COUNT(*) FROM inferences").fetchone()[0]
+        (run_id, status), = con.execute("SELECT run_id, status FROM runs").fetchall()
+    assert 100 <= kept < 600 and status == "running"
+    resumed = hilbench("run", "experiments/smoke.yaml", "--samples", "150", "--db", str(db), "--json")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["run_id"] == run_id and summary["samples"] == 150 and summary["bitexact_rate"] == 1.0
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*), COUNT(DISTINCT node || '/' || sample) FROM inferences").fetchone() == (600, 600)
+        assert con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 150
+        assert con.execute("SELECT status FROM runs").fetchone()[0] == "complete"
+
+
+def test_ctrl_c_keeps_finished_rows_and_marks_the_run_interrupted(tmp_path):
+    db = tmp_path / "interrupted.sqlite"
+    args = [sys.executable, "-m", "harness.cli", "run", "experiments/smoke.yaml", "--samples", "150", "--db", str(db)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            with sqlite3.connect(db) as con:
+                if con.execute("SELECT COUNT(*) FROM inferences").fetchone()[0] >= 100:
+                    break
+        except sqlite3.OperationalError:
+            continue
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "finished results are kept" in stderr
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+        kept = con.execute("SELECT COUNT(*) FROM inferences").fetchone()[0]
+    assert kept >= 100

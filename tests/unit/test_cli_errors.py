@@ -1,0 +1,32 @@
+import subprocess
+import sys
+
+
+def hilbench(*args):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_is_instant_and_lists_commands():
+    proc = hilbench("--help")
+    assert proc.returncode == 0
+    for command in ("train", "export", "run", "report", "results", "devices"):
+        assert command in proc.stdout
+
+
+def test_heavy_libraries_are_not_imported_for_help():
+    code = "import sys; from harness.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'brevitas', 'matplotlib', 'onnxruntime') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_malformed_experiment_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndataset: mnist\ncode: {values: 64, bits: 4\n")
+    proc = hilbench("run", str(bad))
+    assert proc.returncode == 2 and f"{bad}: malformed YAML at line" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_device_is_named(tmp_path):
+    proc = hilbench("run", "experiments/smoke.yaml", "--nodes-device", "no-such-board", "--db", str(tmp_path / "r.sqlite"))
+    assert proc.returncode == 2
+    assert "unknown device 'no-such-board'; known: " in proc.stderr and "stm32f405-qemu" in proc.stderr
