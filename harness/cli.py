@@ -199,6 +199,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_radio_airtime(args: argparse.Namespace) -> int:
+    from .console import console, key_value_table
+    from .radio_profiles import airtime_report
+
+    report = airtime_report(args.radio, args.bytes)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    rows = {k: v for k, v in report.items() if not isinstance(v, (list, dict))}
+    console.print(key_value_table(f"{args.radio}: {args.bytes} bytes (modelled)", rows))
+    for key in ("sources", "notes"):
+        for line in report.get(key) or []:
+            console.print(f"[dim]{key[:-1]}:[/dim] {line}")
+    return 0
+
+
+def _cmd_radio_list(args: argparse.Namespace) -> int:
+    from .radio_profiles import load_radio_profiles
+
+    for name, profile in sorted(load_radio_profiles().items()):
+        print(f"{name}\t{profile.description}")
+    return 0
+
+
 def _cmd_datasets(args: argparse.Namespace) -> int:
     from quant_models.datasets import dataset_names
 
@@ -240,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="output directory")
     report.add_argument("--db", type=Path, help="results database (default: results/hilbench.sqlite)")
     report.set_defaults(func=_cmd_report)
+
+    radio = sub.add_parser("radio", help="radio cost models: airtime and energy").add_subparsers(
+        dest="radio_command", required=True)
+    airtime = radio.add_parser("airtime", help="time on air and energy of one payload")
+    airtime.add_argument("--radio", required=True, help="radio profile (see `hilbench radio list`)")
+    airtime.add_argument("--bytes", type=int, required=True, help="application payload bytes")
+    airtime.add_argument("--json", action="store_true")
+    airtime.set_defaults(func=_cmd_radio_airtime)
+    radio.add_parser("list", help="radio profiles").set_defaults(func=_cmd_radio_list)
 
     results = sub.add_parser("results", help="stored runs: list, show, export").add_subparsers(
         dest="results_command", required=True)

@@ -42,12 +42,17 @@ def accuracy_vs_bits(summaries: list[dict], out: Path) -> Figure:
     for label, points in sorted(groups.items()):
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    coded = [(s["coded_bits_per_inference"], s["accuracy"]) for s in summaries if s.get("coded_bits_per_inference")]
+    if coded:
+        ax.scatter([c[0] for c in coded], [c[1] for c in coded], marker="x", color="black",
+                   label="same runs, entropy-coded bits (coder fitted on training codes)")
     raw = summaries[0]["raw_bits_per_inference"]
     ax.axvline(raw, color="grey", linestyle=":", label=f"raw pixels ({raw} bits)")
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    ax.set_xticks(sorted({s["bits_per_inference"] for s in summaries} | {raw}))
+    ax.set_xticks(sorted({s["bits_per_inference"] for s in summaries} | {raw}
+                         | {round(c[0]) for c in coded}))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("bits per inference (all nodes)")
@@ -113,6 +118,39 @@ def bits_and_bytes(summaries: list[dict], out: Path) -> Figure:
                   "counted on the host-device test link (not a radio).")
 
 
+def energy_per_inference(summaries: list[dict], out: Path) -> Figure | None:
+    """Energy per inference, compute vs radio, encoded vs sending the raw views (all nodes)."""
+    rows = [s for s in summaries if s.get("energy")]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    names, x = [], 0
+    for s in rows:
+        e = s["energy"]
+        compute = (e["compute_uj"] or 0) / 1000
+        ax.bar(x, compute, color="tab:blue", label="compute" if x == 0 else None)
+        ax.bar(x, e["radio_uj"] / 1000, bottom=compute, color="tab:orange", label="radio" if x == 0 else None)
+        ax.bar(x + 1, e["raw_baseline_uj"] / 1000, color="tab:grey", label="raw view over the radio" if x == 0 else None)
+        names += [f"{s['run_id'][-6:]}\nencoded", f"{s['run_id'][-6:]}\nraw"]
+        x += 2.5
+    ax.set_xticks([i * 2.5 + d for i in range(len(rows)) for d in (0, 1)], names, fontsize=8)
+    ax.set_ylabel("energy per inference, all nodes (mJ)")
+    ax.legend(fontsize=8)
+    path = out / "energy.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    bases = sorted({json.dumps(s["energy"]["basis"]) for s in rows})
+    radios = sorted({s["radio"]["name"] for s in rows})
+    missing = sorted({m for s in rows for m in s["energy"].get("missing", [])})
+    return Figure(path, "Energy per inference: compute and radio, encoded vs raw",
+                  f"Basis: {'; '.join(bases)}. Radio: {', '.join(radios)} (airtime x TX power from the radio "
+                  "profile's datasheet constants). Compute: meter where a node had one, else active power x compute "
+                  "time (emulated boards: instruction count at 1 instruction per cycle, a model, not a measurement)."
+                  + (f" Missing: {'; '.join(missing)}." if missing else ""))
+
+
 def _run_table(summaries: list[dict]) -> str:
     head = ("run", "experiment", "samples", "accuracy", "golden accuracy", "bit-exact", "bits/inf", "payload B/inf",
             "raw bits/inf", "link B/inf", "emulated", "gateway")
@@ -156,7 +194,9 @@ def write_report(store: ResultsStore, run_ids: list[str] | None, out: Path) -> P
             raise HilbenchError(f"run {run_id} is {run['status']}: no summary to report (run it again to resume)")
         summaries.append(run["summary"])
     out.mkdir(parents=True, exist_ok=True)
-    figures = [accuracy_vs_bits(summaries, out), latency_distributions(store, summaries, out), bits_and_bytes(summaries, out)]
+    figures = [accuracy_vs_bits(summaries, out), latency_distributions(store, summaries, out),
+               bits_and_bytes(summaries, out), energy_per_inference(summaries, out)]
+    figures = [f for f in figures if f is not None]
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>hilbench report</title><style>",
              "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:12px}"
              "td,th{border:1px solid #ccc;padding:3px 6px}figure{margin:2em 0}figcaption{font-size:13px;color:#333}",

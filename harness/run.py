@@ -34,6 +34,7 @@ from quant_models.packing import unpack_codes
 from quant_models.pipeline import export_trained, get_trained_model
 
 BATCH = 25  # samples per committed batch and per progress step
+ENTROPY_TRAIN_SAMPLES = 2000  # training-split codes the entropy coders are fitted on
 PACKAGES = ("hilbench", "torch", "brevitas", "onnx", "onnxruntime", "numpy", "pyserial", "asyncssh")
 
 ProgressFactory = Callable[[int, str], Callable[[int], None]]
@@ -178,7 +179,9 @@ def run_experiment(exp: Experiment, store: ResultsStore, options: RunOptions = R
                     store.add_inferences(row for rows in batches for row in rows)
                     advance(sum(len(rows) for rows in batches))
             _predict(store, run_id, exp, encoders, labels, gateway_name, export_dir)
-        summary = summarize_run(store, run_id, manifest)
+        train_views = partition.views(data.train_x[:ENTROPY_TRAIN_SAMPLES])
+        train_codes = [golden.encode(enc, v) for enc, v in zip(encoders, train_views)]
+        summary = summarize_run(store, run_id, manifest, profiles, train_codes)
         status = "complete"
         store.set_status(run_id, status, summary)
         return summary

@@ -10,10 +10,19 @@ Computed from stored rows, so a resumed run summarises everything it holds.
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
+import numpy as np
+
+from harness.energy import ComputeTime
 from harness.errors import MeasurementError
+from harness.profiles import DeviceProfile
 from harness.results import ResultsStore
+from harness.run_energy import energy_report
 from harness.stats import distribution
+from quant_models.packing import unpack_codes
+
+DEFAULT_RADIO = "lora-eu868-sf7"
 
 
 def _mean_of_unit(rows, unit: str) -> float | None:
@@ -21,7 +30,41 @@ def _mean_of_unit(rows, unit: str) -> float | None:
     return float(picked.mean()) if len(picked) else None
 
 
-def summarize_run(store: ResultsStore, run_id: str, manifest: dict) -> dict:
+def node_compute_time(node: dict, profile: DeviceProfile) -> ComputeTime:
+    """Per-inference compute time of a node and its basis: a real timer's mean is measured; an
+    emulator's instruction count becomes a modelled time at the profile's clock."""
+    lat = node["latency"]
+    if lat["unit"] == "instructions":
+        clock = profile.clock_hz or node["info"].get("clock_hz")
+        return ComputeTime.from_instructions(lat["mean"], clock, origin=f"{lat['basis']} on {node['device']}")
+    return ComputeTime.measured(lat["mean"] / 1e6, lat["basis"])
+
+
+def cost_blocks(summary: dict, inf, manifest: dict, profiles: dict[str, DeviceProfile],
+                train_codes: Sequence[np.ndarray] | None) -> dict:
+    """The energy, radio and bits blocks (see harness.run_energy) for a summarised run."""
+    nodes = summary["nodes"]
+    node_profiles = [profiles[n["device"]] for n in nodes]
+    times = [node_compute_time(n, p) for n, p in zip(nodes, node_profiles)]
+    radios = {p.radio or DEFAULT_RADIO for p in node_profiles}
+    if len(radios) != 1:
+        raise MeasurementError(f"nodes use different radios {sorted(radios)}; one radio per run is supported")
+    codes = []
+    for m in manifest["nodes"]:
+        packed = np.stack(inf[inf.node == m["node"]].sort_values("sample")["code"].map(
+            lambda b: np.frombuffer(b, np.uint8)).to_list())
+        codes.append(unpack_codes(packed, m["code_len"], m["code_bits"]))
+    return energy_report(
+        radio=radios.pop(), payload_bytes=[m["payload_bytes"] for m in manifest["nodes"]],
+        raw_bytes=[m["view_shape"][0] * m["view_shape"][1] for m in manifest["nodes"]],
+        compute_time_s=[t.seconds for t in times], time_basis=[t.basis for t in times],
+        time_assumption=[t.assumption for t in times], power=[p.power for p in node_profiles],
+        codes=codes, train_codes=train_codes, bits=int(manifest["nodes"][0]["code_bits"]))
+
+
+def summarize_run(store: ResultsStore, run_id: str, manifest: dict, profiles: dict[str, DeviceProfile] | None = None,
+                  train_codes: Sequence[np.ndarray] | None = None) -> dict:
+    """The run summary; with ``profiles`` also its energy, radio and bits blocks."""
     run = store.run(run_id)
     inf, pred, nodes = store.inferences(run_id), store.predictions(run_id), store.nodes(run_id)
     if pred.empty:
@@ -50,7 +93,7 @@ def summarize_run(store: ResultsStore, run_id: str, manifest: dict) -> dict:
         })
     wire = (inf["wire_bytes_sent"].fillna(0) + inf["wire_bytes_received"].fillna(0)).sum()
     useful_per_node = [m["view_shape"][0] * m["view_shape"][1] + m["payload_bytes"] for m in manifest["nodes"]]
-    return {
+    summary = {
         "run_id": run_id, "experiment": run["experiment"], "status": "complete", "samples": samples,
         "accuracy": float((pred.prediction == pred.label).mean()),
         "golden_accuracy": float((pred.golden_prediction == pred.label).mean()),
@@ -65,3 +108,6 @@ def summarize_run(store: ResultsStore, run_id: str, manifest: dict) -> dict:
         "code_bits": run["code_bits"],
         "nodes": node_rows,
     }
+    if profiles is not None:
+        summary |= cost_blocks(summary, inf, manifest, profiles, train_codes)
+    return summary

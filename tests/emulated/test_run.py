@@ -52,6 +52,22 @@ def test_smoke_run_is_bit_exact_and_reports_every_key(smoke_run):
         assert 0 < node["flash_bytes"] < 1024 * 1024 and 0 < node["ram_bytes"] < 128 * 1024
 
 
+def test_run_json_has_energy_radio_and_bits_with_a_basis_on_each(smoke_run):
+    _, summary = smoke_run
+    energy, radio = summary["energy"], summary["radio"]
+    for key in ("compute_uj", "radio_uj", "total_uj", "raw_baseline_uj", "basis"):
+        assert key in energy
+    assert energy["basis"] == {"compute": "model", "radio": "model", "raw_baseline": "model", "total": "model"}
+    assert energy["total_uj"] == pytest.approx(energy["compute_uj"] + energy["radio_uj"])
+    assert energy["raw_baseline_uj"] > energy["radio_uj"] > 0
+    assert any("DS8626" in src for src in energy["sources"]["compute"])
+    assert any("instruction" in a and "modelled" in a for a in energy["assumptions"])
+    assert {"name", "airtime_ms", "max_rate_hz", "basis"} <= radio.keys() and radio["name"] == "lora-eu868-sf7"
+    assert radio["airtime_ms"] == pytest.approx(56.576)  # 8 B + 13 B LoRaWAN at SF7/125 kHz
+    assert 0 < summary["entropy_bits_per_inference"] <= summary["bits_per_inference"]
+    assert summary["coded_bits_per_inference"] > 0
+
+
 def test_same_run_again_returns_it_instead_of_repeating(smoke_run):
     db, summary = smoke_run
     proc = hilbench("run", "experiments/smoke.yaml", "--samples", "60", "--db", str(db), "--json")
@@ -68,7 +84,7 @@ def test_report_writes_html_and_nonempty_figures(smoke_run, tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert summary["run_id"] in html and "data:image/png;base64," in html
     assert "counted on emulator" in html
-    for name in ("accuracy_vs_bits.png", "latency.png", "bytes.png"):
+    for name in ("accuracy_vs_bits.png", "latency.png", "bytes.png", "energy.png"):
         image = matplotlib.image.imread(tmp_path / name)
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01
 

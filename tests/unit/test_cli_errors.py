@@ -30,3 +30,14 @@ def test_unknown_device_is_named(tmp_path):
     proc = hilbench("run", "experiments/smoke.yaml", "--nodes-device", "no-such-board", "--db", str(tmp_path / "r.sqlite"))
     assert proc.returncode == 2
     assert "unknown device 'no-such-board'; known: " in proc.stderr and "stm32f405-qemu" in proc.stderr
+
+
+def test_radio_airtime_json_and_unknown_radio():
+    import json
+
+    proc = hilbench("radio", "airtime", "--radio", "lora-eu868-sf7", "--bytes", "10", "--json")
+    report = json.loads(proc.stdout)
+    assert abs(report["airtime_ms"] - 61.696) < 1e-6  # 23 B on air at SF7/125 kHz, CR 4/5
+    assert report["basis"] == "model" and report["sources"]
+    bad = hilbench("radio", "airtime", "--radio", "carrier-pigeon", "--bytes", "10")
+    assert bad.returncode == 2 and "carrier-pigeon" in bad.stderr
