@@ -9,6 +9,7 @@ APT_PACKAGES=(
   gcc-arm-none-eabi libnewlib-arm-none-eabi   # Cortex-M firmware
   qemu-system-arm                              # emulated Cortex-M boards
   openssh-server                               # pi-loopback stand-in
+  qemu-user-static binfmt-support debootstrap iproute2   # rpi4-qemu stand-in (arm64 rootfs)
   dataset-fashion-mnist                        # the fashion-mnist dataset (IDX files)
   python3-venv
 )

@@ -153,3 +153,17 @@ def test_ctrl_c_keeps_finished_rows_and_marks_the_run_interrupted(tmp_path):
         assert con.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
         kept = con.execute("SELECT COUNT(*) FROM inferences").fetchone()[0]
     assert kept >= 100
+
+
+def test_mcu_nodes_report_to_a_pi_loopback_gateway(tmp_path):
+    """The realistic pipeline: 4 emulated Cortex-M nodes, the head on a Linux gateway over SSH."""
+    db = tmp_path / "gateway.sqlite"
+    proc = hilbench("run", "experiments/smoke.yaml", "--samples", "30", "--gateway-device", "pi-loopback",
+                    "--db", str(db), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["gateway"] == "pi-loopback" and summary["bitexact_rate"] == 1.0
+    assert summary["accuracy"] == summary["golden_accuracy"]
+    with sqlite3.connect(db) as con:
+        gateways = con.execute("SELECT DISTINCT gateway, gateway_ns IS NOT NULL FROM predictions").fetchall()
+    assert gateways == [("pi-loopback", 1)]  # the device timed each head inference

@@ -1,0 +1,228 @@
+"""Linux targets over real SSH: a real sshd on loopback (pi-loopback) and an arm64 Debian under
+qemu-user in a network namespace (rpi4-qemu), real onnxruntime on the device side, real test
+images, compared with the golden model bit for bit."""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import socket
+import time
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from harness.emulators.arm64 import EMULATION_LABEL, build_rootfs, rootfs_ready
+from harness.emulators.sshd import free_port, generate_key
+from harness.errors import DeviceError
+from harness.linux_deploy import LinuxAccess, deploy_linux_target, linux_device
+from harness.profiles import get_profile
+from harness.targets.linux_env import RunnerEnvSpec, ensure_runner_env
+from harness.transports.ssh import SshConnection
+from quant_models import golden
+from quant_models.export import load_int_encoders
+
+pytestmark = pytest.mark.emulated
+SAMPLES = 200
+QEMU_SAMPLES = 50
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3, with the venv module (python3-venv)
+
+
+@pytest.fixture(scope="module")
+def loopback() -> LinuxAccess:
+    """One pi-loopback device (a real sshd on 127.0.0.1) shared by this module's tests."""
+    with linux_device(get_profile("pi-loopback")) as access:
+        yield access
+
+
+@pytest.fixture(scope="module")
+def model(exported):
+    """The q = 4 paper-shaped model: export dir, manifest, integer encoders, real test views."""
+    ex = exported(4)
+    views = ex.trained.cached.partition.views(ex.trained.data.test_x[:SAMPLES])
+    return ex.directory, ex.export.manifest, load_int_encoders(ex.directory), views
+
+
+def _node(manifest: dict, i: int) -> dict:
+    n = manifest["nodes"][i]
+    return {"code_exponent": n["code_exponent"], "view_shape": tuple(n["view_shape"])}
+
+
+def test_pi_loopback_nodes_return_golden_codes_bit_for_bit(model, loopback) -> None:
+    directory, manifest, encoders, views = model
+    profile = get_profile("pi-loopback")
+    with ExitStack() as stack:  # four node targets, one device: each its own runner session
+        targets = [stack.enter_context(deploy_linux_target(profile, directory / f"node{i}.onnx", "node",
+                                                           batch_size=64, access=loopback, **_node(manifest, i)))
+                   for i in range(len(encoders))]
+        results = [t.encode(views[i]) for i, t in enumerate(targets)]
+        info = targets[0].info()
+    for i, (enc, result) in enumerate(zip(encoders, results)):
+        expected = golden.encode(enc, views[i])
+        bad = np.flatnonzero((result.codes != expected).any(axis=1))
+        assert bad.size == 0, f"node {i}: {bad.size} of {SAMPLES} codes differ from golden"
+        assert (result.packed(enc.code_bits) == golden.encode_packed(enc, views[i])).all()
+        assert result.device_ns.shape == (SAMPLES,) and (result.device_ns > 0).all()
+        assert result.round_trip_s.shape == (math.ceil(SAMPLES / 64),)
+        for b, rtt in enumerate(result.round_trip_s):  # a batch's round trip includes its device time
+            assert rtt * 1e9 > result.device_ns[b * 64:(b + 1) * 64].sum()
+    assert info.emulated and "not a Raspberry Pi's speed" in info.timing_basis
+    assert info.inferences == SAMPLES and info.peak_rss_bytes > 10 * 2**20
+    assert info.cpu_model not in ("", "unknown") and info.governor and info.onnxruntime == ort.__version__
+
+
+def test_pi_loopback_gateway_predicts_like_local_onnxruntime(model, loopback) -> None:
+    directory, manifest, encoders, views = model
+    codes = np.concatenate([golden.encode(enc, views[i]) for i, enc in enumerate(encoders)], axis=1)
+    local = ort.InferenceSession(str(directory / "head.onnx")).run(None, {"codes": codes.astype(np.float32)})[0]
+    with deploy_linux_target(get_profile("pi-loopback"), directory / "head.onnx", "gateway", access=loopback) as gateway:
+        result = gateway.classify(codes)
+        with pytest.raises(DeviceError, match="runs the head .*encode\\(\\) needs a node"):
+            gateway.encode(views[0])
+    assert (result.predictions == local.argmax(axis=1)).all()
+    np.testing.assert_allclose(result.logits, local, rtol=1e-5, atol=1e-5)
+    assert result.device_ns.shape == (SAMPLES,) and len(result.round_trip_s) == 1
+
+
+def test_paths_with_spaces_and_quotes_work(model, loopback, tmp_path) -> None:
+    directory, manifest, encoders, views = model
+    local = tmp_path / "my models" / "node 0 \"v1\" it's.onnx"
+    local.parent.mkdir()
+    shutil.copy(directory / "node0.onnx", local)
+    workdir = f"{loopback.workdir}/hil bench/it's \"quoted\" $(touch pwned); ls"
+    with deploy_linux_target(get_profile("pi-loopback"), local, "node", access=replace(loopback, workdir=workdir),
+                             **_node(manifest, 0)) as target:
+        result = target.encode(views[0][:20])
+        listing = target.connection.run(["ls", f"{workdir}/models", f"{workdir}/runner"]).stdout
+    assert (result.codes == golden.encode(encoders[0], views[0][:20])).all()
+    assert re.search(r"model-[0-9a-f]{16}\.onnx", listing) and re.search(r"hil_runner-[0-9a-f]{16}\.py", listing)
+    assert not Path(loopback.workdir, "pwned").exists() and not Path.home().joinpath("pwned").exists()
+
+
+def test_mismatched_host_key_is_refused(loopback, tmp_path) -> None:
+    ep = loopback.endpoint
+    impostor = generate_key(tmp_path / "impostor", "not the device").split()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{ep.port} {impostor[0]} {impostor[1]}\n")
+    where = re.escape(f"device pi-loopback ({ep.user}@127.0.0.1:{ep.port})")
+    with pytest.raises(DeviceError, match=f"{where}: host key verification failed: the key the host presented "
+                                          r"\(SHA256:.+\) is not the one known_hosts file .* lists.*Refusing"):
+        SshConnection(replace(ep, known_hosts=known_hosts)).connect()
+    # the same with a pinned key: the device's own key is accepted, another one refused
+    device_key = " ".join(ep.known_hosts.read_text().split()[1:3])
+    with SshConnection(replace(ep, known_hosts=known_hosts, host_key=device_key)) as conn:
+        assert conn.run(["echo", "ok"]).stdout == "ok\n"
+    with pytest.raises(DeviceError, match="host key verification failed.*the key pinned in the profile"):
+        SshConnection(replace(ep, host_key=" ".join(impostor[:2]))).connect()
+
+
+def test_connection_refused_is_a_clear_error(loopback) -> None:
+    port = free_port()
+    where = re.escape(f"device pi-loopback ({loopback.endpoint.user}@127.0.0.1:{port})")
+    with pytest.raises(DeviceError, match=f"{where}: connection refused: nothing listens on port {port}"):
+        SshConnection(replace(loopback.endpoint, port=port)).connect()
+
+
+def test_a_server_that_never_speaks_ssh_times_out_clearly(loopback) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        where = re.escape(f"device pi-loopback ({loopback.endpoint.user}@127.0.0.1:{port})")
+        started = time.monotonic()
+        with pytest.raises(DeviceError, match=f"{where}: timed out after 1 s .*SSH handshake"):
+            SshConnection(replace(loopback.endpoint, port=port, connect_timeout_s=1.0)).connect()
+        assert time.monotonic() - started < 10
+
+
+def test_runner_that_cannot_load_its_model_reports_remote_stderr(loopback, tmp_path) -> None:
+    corrupt = tmp_path / "node0.onnx"
+    corrupt.write_bytes(b"\x08\x07 this is not an ONNX model")
+    with pytest.raises(DeviceError) as err:
+        with deploy_linux_target(get_profile("pi-loopback"), corrupt, "node", code_exponent=-2, access=loopback):
+            pass
+    message = str(err.value)
+    assert message.startswith("device pi-loopback") and "the runner failed to start (exit status 1)" in message
+    assert "its stderr:\nhil_runner: error: cannot load model" in message and "INVALID_PROTOBUF" in message
+
+
+def test_runner_without_onnxruntime_reports_remote_stderr(model, loopback) -> None:
+    directory, manifest, _, _ = model
+    without = replace(loopback, python=SYSTEM_PYTHON)  # Debian's python3 has no onnxruntime
+    with pytest.raises(DeviceError, match="(?s)runner failed to start.*its stderr:.*No module named"):
+        with deploy_linux_target(get_profile("pi-loopback"), directory / "node0.onnx", "node", access=without,
+                                 **_node(manifest, 0)):
+            pass
+
+
+def test_runner_killed_mid_session_reports_exit(model, loopback) -> None:
+    directory, manifest, encoders, views = model
+    with deploy_linux_target(get_profile("pi-loopback"), directory / "node0.onnx", "node", access=loopback,
+                             **_node(manifest, 0)) as target:
+        target.encode(views[0][:5])
+        target.connection.run(["kill", "-KILL", str(target.hello["pid"])])
+        with pytest.raises(DeviceError, match=r"device pi-loopback .*hil_runner.* was killed \(signal KILL\) "
+                                              r"instead of sending a reply; its stderr"):
+            target.encode(views[0][:5])
+
+
+def test_offline_device_gets_its_venv_from_wheels_the_host_uploads(model, loopback, tmp_path) -> None:
+    """The code path of a real Pi without a usable package index: the runner's venv is made
+    with the device's python, the device's pip fails, so the host downloads the device's wheels
+    (cached outside the repo) and uploads them. Without those wheels either, the error says
+    what failed and how to fix it. A second deployment finds the venv ready."""
+    directory, manifest, encoders, views = model
+    dead_index = f"http://127.0.0.1:{free_port()}/simple"
+    env = RunnerEnvSpec(python=SYSTEM_PYTHON, venv=f"{loopback.workdir}/venv", device_index_url=dead_index,
+                        remote_wheel_dir=f"{loopback.workdir}/wheels")
+    with SshConnection(loopback.endpoint) as conn:
+        no_wheels = replace(env, host_index_url=dead_index, wheel_dir=tmp_path / "no wheels")
+        with pytest.raises(DeviceError, match=(
+                rf"(?s)device pi-loopback .*cannot install the runner's packages \(onnxruntime==.* numpy\).*"
+                rf"1\) pip install from {re.escape(dead_index)} failed:.*"
+                r"2\) installing wheels uploaded from the host \(.*no wheels\) failed:.*pip download.*"
+                r"Fix either: .*pip download --disable-pip-version-check")):
+            ensure_runner_env(conn, no_wheels)
+    offline = replace(loopback, python=None, env=env)
+    with deploy_linux_target(get_profile("pi-loopback"), directory / "node0.onnx", "node", access=offline,
+                             **_node(manifest, 0)) as target:
+        assert target.hello["executable"] == f"{loopback.workdir}/venv/bin/python"
+        assert (target.encode(views[0][:20]).codes == golden.encode(encoders[0], views[0][:20])).all()
+        wheels = target.connection.run(["ls", env.remote_wheel_dir]).stdout
+    assert f"onnxruntime-{ort.__version__}-" in wheels and "numpy-" in wheels
+    started = time.monotonic()
+    with SshConnection(loopback.endpoint) as conn:
+        assert ensure_runner_env(conn, env) == env.venv_python
+    assert time.monotonic() - started < 5
+
+
+# ---- rpi4-qemu: arm64 under qemu-user -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def arm64_rootfs() -> None:
+    """The arm64 root filesystem, built by scripts/build-arm64-rootfs.sh if missing (once per
+    machine: ~7 minutes; the CI's first run pays it)."""
+    if os.geteuid() != 0:
+        pytest.skip("rpi4-qemu needs root (network namespace, chroot, binfmt_misc)")
+    if not rootfs_ready():
+        build_rootfs()
+
+
+def test_rpi4_qemu_node_returns_golden_codes_bit_for_bit(model, arm64_rootfs) -> None:
+    directory, manifest, encoders, views = model
+    node = 1
+    with deploy_linux_target(get_profile("rpi4-qemu"), directory / f"node{node}.onnx", "node", batch_size=25,
+                             **_node(manifest, node)) as target:
+        result = target.encode(views[node][:QEMU_SAMPLES])
+        info = target.info()
+    expected = golden.encode(encoders[node], views[node][:QEMU_SAMPLES])
+    bad = np.flatnonzero((result.codes != expected).any(axis=1))
+    assert bad.size == 0, f"rpi4-qemu node {node}: {bad.size} of {QEMU_SAMPLES} codes differ from golden"
+    assert info.machine == "aarch64" and "Cortex-A72" in info.cpu_model and "emulated" in info.cpu_model
+    assert info.timing_basis == EMULATION_LABEL and "not a Raspberry Pi's speed" in info.timing_basis
+    assert info.emulated and info.onnxruntime == ort.__version__ and (result.device_ns > 0).all()

@@ -1,0 +1,128 @@
+"""The device runner's wire format and request loop, in process (real onnxruntime, tiny models)."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, save
+
+from devices.runner import hil_runner as wire
+
+PI4_CPUINFO = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm crc32 cpuid
+CPU implementer\t: 0x41
+CPU part\t: 0xd08
+
+Hardware\t: BCM2835
+Model\t\t: Raspberry Pi 4 Model B Rev 1.4
+"""
+
+
+def test_frame_layout_is_length_type_payload() -> None:
+    frame = wire.encode_frame(wire.INFER, b"abc")
+    assert frame == struct.pack(">I", 4) + b"I" + b"abc"
+    assert wire.read_frame(io.BytesIO(frame + wire.encode_frame(wire.QUIT))) == (wire.INFER, b"abc")
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
+    np.array([[0.5, -1.25], [3e-8, 7.0]], dtype=np.float32),
+    np.array([1, -2, 2**40], dtype=np.int64),
+    np.zeros((0, 16), dtype=np.uint8),
+])
+def test_arrays_round_trip(array: np.ndarray) -> None:
+    payload = wire.encode_array(array) + b"tail"
+    decoded, end = wire.decode_array(payload)
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape
+    assert np.array_equal(decoded, array)
+    assert payload[end:] == b"tail"
+
+
+def test_array_header_is_dtype_ndim_big_endian_dims_then_little_endian_data() -> None:
+    encoded = wire.encode_array(np.array([[1, 256]], dtype=np.int64))
+    assert encoded[:2] == bytes([3, 2])
+    assert encoded[2:10] == struct.pack(">II", 1, 2)
+    assert encoded[10:] == (1).to_bytes(8, "little") + (256).to_bytes(8, "little")
+
+
+def test_malformed_input_is_refused() -> None:
+    with pytest.raises(wire.RunnerError, match="dtype float64 cannot be sent"):
+        wire.encode_array(np.zeros(2))
+    with pytest.raises(wire.RunnerError, match="unknown array dtype code 9"):
+        wire.decode_array(bytes([9, 0]))
+    with pytest.raises(wire.RunnerError, match="truncated array data"):
+        wire.decode_array(wire.encode_array(np.zeros((4, 4), np.float32))[:-1])
+    with pytest.raises(wire.RunnerError, match="ended inside a frame"):
+        wire.read_frame(io.BytesIO(wire.encode_frame(wire.INFER, b"abcdef")[:-2]))
+    with pytest.raises(wire.RunnerError, match="frame length 0"):
+        wire.read_frame(io.BytesIO(b"\x00\x00\x00\x00"))
+    assert wire.read_frame(io.BytesIO(b"")) is None
+
+
+def test_cpu_model_from_cpuinfo() -> None:
+    assert wire.cpu_model("processor : 0\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.50GHz\n") == "Intel(R) Xeon(R) CPU @ 2.50GHz"
+    assert wire.cpu_model(PI4_CPUINFO) == "Raspberry Pi 4 Model B Rev 1.4, Cortex-A72"
+    assert wire.cpu_model("") == "unknown"
+
+
+def _model(tmp_path, name: str, shape_in: list, shape_out: list, op: str = "Flatten") -> str:
+    node = helper.make_node(op, ["x"], ["y"])
+    graph = helper.make_graph([node], name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape_in)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape_out)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / f"{name}.onnx"
+    save(model, str(path))
+    return str(path)
+
+
+def _serve(model: wire.Model, *frames: bytes) -> list[tuple[int, bytes]]:
+    out = io.BytesIO()
+    status = wire.serve(model, io.BytesIO(b"".join(frames)), out)
+    assert status == 0
+    stream, replies = io.BytesIO(out.getvalue()), []
+    while (frame := wire.read_frame(stream)) is not None:
+        replies.append(frame)
+    return replies
+
+
+def test_node_role_feeds_pixel_over_256_and_rounds_codes_half_to_even(tmp_path) -> None:
+    # A "node encoder" that outputs its input pixels/256 flattened: code = rint(value / 2**-2) = rint(p / 64)
+    model = wire.Model(_model(tmp_path, "flat", ["batch", 1, 2, 2], ["batch", 4]), "node", -2, threads=1)
+    views = np.array([[[0, 32], [96, 255]], [[64, 160], [224, 31]]], dtype=np.uint8)
+    replies = _serve(model, wire.encode_frame(wire.INFER, wire.encode_array(views)), wire.encode_frame(wire.QUIT))
+    assert [kind for kind, _ in replies] == [wire.RESULT]
+    codes, end = wire.decode_array(replies[0][1])
+    ns, end = wire.decode_array(replies[0][1], end)
+    # 32/64 = 0.5 -> 0 and 96/64 = 1.5 -> 2 and 160/64 = 2.5 -> 2 (ties to even); 255/64 = 3.98 -> 4
+    assert codes.tolist() == [[0, 0, 2, 4], [1, 2, 4, 0]]
+    assert codes.dtype == np.uint8 and ns.dtype == np.int64 and ns.shape == (2,) and (ns > 0).all()
+    assert model.inferences == 2
+
+
+def test_bad_requests_get_error_replies_and_the_runner_serves_on(tmp_path) -> None:
+    model = wire.Model(_model(tmp_path, "id", ["batch", 3], ["batch", 3], op="Identity"), "gateway", None, threads=1)
+    replies = _serve(
+        model,
+        wire.encode_frame(wire.INFER, wire.encode_array(np.zeros((2, 5), np.float32))),  # wrong width
+        wire.encode_frame(ord("Z")),
+        wire.encode_frame(wire.INFER, wire.encode_array(np.array([[1, 2, 3]], np.uint8))),
+        wire.encode_frame(wire.INFO),
+    )
+    kinds = [kind for kind, _ in replies]
+    assert kinds == [wire.ERROR, wire.ERROR, wire.RESULT, wire.INFO]
+    assert b"has shape [None, 3], request gives [2, 5]" in replies[0][1]
+    assert b"unknown message type 0x5a" in replies[1][1]
+    logits, _ = wire.decode_array(replies[2][1])
+    assert logits.dtype == np.float32 and logits.tolist() == [[1.0, 2.0, 3.0]]
+    info = json.loads(replies[3][1])
+    assert info["inferences"] == 1 and info["peak_rss_bytes"] > 0 and info["governor"]
+
+
+def test_node_role_needs_a_code_exponent(tmp_path) -> None:
+    with pytest.raises(wire.RunnerError, match="needs --code-exponent"):
+        wire.Model(_model(tmp_path, "flat", ["batch", 1, 2, 2], ["batch", 4]), "node", None, threads=1)
