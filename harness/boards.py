@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import ConfigError
+from harness.registry import Registry
 from harness.paths import REPO_ROOT
 from harness.protocol import TimerKind
 
@@ -57,31 +57,7 @@ class BoardDescription:
         return "-mfloat-abi=hard" in self.cpu_flags
 
 
-class BoardRegistry:
-    """Board descriptions by name; registering a name twice is an error."""
-
-    def __init__(self) -> None:
-        self._boards: dict[str, BoardDescription] = {}
-
-    def register(self, board: BoardDescription) -> BoardDescription:
-        """Add ``board``; returns it so a module can define and register in one statement."""
-        if board.name in self._boards:
-            raise ConfigError(f"board {board.name!r} is already registered")
-        self._boards[board.name] = board
-        return board
-
-    def get(self, name: str) -> BoardDescription:
-        """The board called ``name``; ConfigError listing the known boards if there is none."""
-        try:
-            return self._boards[name]
-        except KeyError:
-            raise ConfigError(f"unknown board {name!r}; known boards: {', '.join(self.names())}") from None
-
-    def names(self) -> list[str]:
-        return sorted(self._boards)
-
-
-BOARDS = BoardRegistry()
+BOARDS: Registry[BoardDescription] = Registry("board")
 
 # Emulated stand-ins: QEMU implements no DWT, so they time with SysTick on the core clock,
 # which under -icount counts executed instructions at a fixed rate.

@@ -21,22 +21,15 @@ from harness.firmware import FirmwareImage, build_firmware
 from harness.paths import cache_root
 from harness.profiles import DeviceProfile
 from harness.protocol import TimerKind
+from harness.registry import Registry
 from harness.stack_usage import StackEstimate
 from harness.targets.mcu import McuTarget
 from quant_models.codegen import FIRMWARE_DIR, INCLUDE_DIRS, KERNEL_SOURCES, generate_model_c
 from quant_models.intparams import IntEncoder
 
 Deployer = Callable[[DeviceProfile, FirmwareImage], ContextManager[str]]
-DEPLOYERS: dict[str, Deployer] = {}
-
-
-def register_deployer(method: str) -> Callable[[Deployer], Deployer]:
-    def decorate(fn: Deployer) -> Deployer:
-        if method in DEPLOYERS:
-            raise ValueError(f"deployer {method!r} is already registered")
-        DEPLOYERS[method] = fn
-        return fn
-    return decorate
+DEPLOYERS: Registry[Deployer] = Registry("microcontroller deploy method")
+register_deployer = DEPLOYERS.register
 
 
 def _firmware_source_digest() -> str:
@@ -136,7 +129,7 @@ def deploy_mcu_node(profile: DeviceProfile, encoder: IntEncoder, *,
     if profile.emulated:
         shift = profile.deploy.icount_shift if profile.deploy.icount_shift is not None else ICOUNT_SHIFT
     with ExitStack() as stack:
-        url = stack.enter_context(DEPLOYERS[profile.deploy.method](profile, image))
+        url = stack.enter_context(DEPLOYERS.get(profile.deploy.method)(profile, image))
         target = McuTarget(url, name=f"{profile.name}/node{encoder.node}",
                            expected_model_hash=expected_hash or model_hash8(encoder), icount_shift=shift,
                            reply_timeout=profile.transport.reply_timeout_s,

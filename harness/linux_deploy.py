@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Literal
 
 from harness.errors import ConfigError
+from harness.registry import Registry
 from harness.profiles import DeviceProfile
 from harness.targets.linux import DEFAULT_BATCH_SIZE, LinuxTarget
 from harness.targets.linux_env import RunnerEnvSpec
@@ -54,35 +55,16 @@ class LinuxAccess:
 Launcher = Callable[[DeviceProfile], ContextManager[LinuxAccess]]
 
 
-class LauncherRegistry:
-    """Launchers by deploy method; a method can be registered once."""
-
-    def __init__(self) -> None:
-        self._launchers: dict[str, Launcher] = {}
-
-    def register(self, method: str) -> Callable[[Launcher], Launcher]:
-        def decorate(launcher: Launcher) -> Launcher:
-            if method in self._launchers:
-                raise ConfigError(f"linux deploy method {method!r} is already registered "
-                                  f"to {self._launchers[method].__name__}")
-            self._launchers[method] = launcher
-            return launcher
-        return decorate
-
-    def get(self, profile: DeviceProfile) -> Launcher:
-        if profile.kind != "linux":
-            raise ConfigError(f"{profile.source}: device {profile.name!r} is a {profile.kind} device, not linux")
-        try:
-            return self._launchers[profile.deploy.method]
-        except KeyError:
-            raise ConfigError(f"{profile.source}: field 'deploy.method': no linux launcher for "
-                              f"{profile.deploy.method!r}; known: {', '.join(self.methods())}") from None
-
-    def methods(self) -> list[str]:
-        return sorted(self._launchers)
+LAUNCHERS: Registry[Launcher] = Registry("linux deploy method")
 
 
-LAUNCHERS = LauncherRegistry()
+def launcher_for(profile: DeviceProfile) -> Launcher:
+    if profile.kind != "linux":
+        raise ConfigError(f"{profile.source}: device {profile.name!r} is a {profile.kind} device, not linux")
+    if profile.deploy.method not in LAUNCHERS:
+        raise ConfigError(f"{profile.source}: field 'deploy.method': no linux launcher for "
+                          f"{profile.deploy.method!r}; known: {', '.join(LAUNCHERS.names())}")
+    return LAUNCHERS.get(profile.deploy.method)
 
 
 @LAUNCHERS.register("loopback-sshd")
@@ -129,7 +111,7 @@ def _ssh(profile: DeviceProfile) -> Iterator[LinuxAccess]:
 
 def linux_device(profile: DeviceProfile) -> ContextManager[LinuxAccess]:
     """Launch (stand-ins) or describe (real devices) the Linux device of ``profile``."""
-    return LAUNCHERS.get(profile)(profile)
+    return launcher_for(profile)(profile)
 
 
 @contextmanager

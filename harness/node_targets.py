@@ -17,6 +17,7 @@ import numpy as np
 
 from harness.errors import ConfigError
 from harness.profiles import DeviceProfile
+from harness.registry import Registry
 from quant_models.intparams import IntEncoder
 from quant_models.packing import pack_codes
 
@@ -67,49 +68,30 @@ class Gateway(Protocol):
 
 NodeTargetFactory = Callable[[DeviceProfile, IntEncoder, Path], ContextManager[NodeTarget]]
 GatewayFactory = Callable[[DeviceProfile | None, Path], ContextManager[Gateway]]
-NODE_TARGETS: dict[str, NodeTargetFactory] = {}
-GATEWAYS: dict[str, GatewayFactory] = {}
-
-
-def _register(table: dict, key: str):
-    def decorate(fn):
-        if key in table:
-            raise ValueError(f"{key!r} is already registered")
-        table[key] = fn
-        return fn
-    return decorate
-
-
-def register_node_target(kind: str):
-    return _register(NODE_TARGETS, kind)
-
-
-def register_gateway(kind: str):
-    return _register(GATEWAYS, kind)
+NODE_TARGETS: Registry[NodeTargetFactory] = Registry("node target for device kind")
+GATEWAYS: Registry[GatewayFactory] = Registry("gateway for device kind")
+register_node_target = NODE_TARGETS.register
+register_gateway = GATEWAYS.register
 
 
 def open_node_target(profile: DeviceProfile, encoder: IntEncoder, export_dir: Path) -> ContextManager[NodeTarget]:
     _load_plugins()
-    try:
-        factory = NODE_TARGETS[profile.kind]
-    except KeyError:
-        raise ConfigError(f"{profile.source}: field 'kind': no node target for kind {profile.kind!r}") from None
-    return factory(profile, encoder, export_dir)
+    if profile.kind not in NODE_TARGETS:
+        raise ConfigError(f"{profile.source}: field 'kind': no node target for kind {profile.kind!r}")
+    return NODE_TARGETS.get(profile.kind)(profile, encoder, export_dir)
 
 
 def open_gateway(name: str, export_dir: Path) -> ContextManager[Gateway]:
     _load_plugins()
     if name == "host":
-        return GATEWAYS["host"](None, export_dir)
+        return GATEWAYS.get("host")(None, export_dir)
     from harness.profiles import get_profile
 
     profile = get_profile(name)
-    try:
-        factory = GATEWAYS[profile.kind]
-    except KeyError:
+    if profile.kind not in GATEWAYS:
         raise ConfigError(f"{profile.source}: device {name!r} (kind {profile.kind}) cannot be a gateway; "
-                          "use 'host' or a linux device") from None
-    return factory(profile, export_dir)
+                          "use 'host' or a linux device")
+    return GATEWAYS.get(profile.kind)(profile, export_dir)
 
 
 def _load_plugins() -> None:

@@ -16,7 +16,6 @@ import math
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness import radio
 from harness.errors import ConfigError
+from harness.registry import Registry
 from harness.paths import REPO_ROOT
 
 SHIPPED_RADIOS = REPO_ROOT / "devices" / "radios"
@@ -104,43 +104,7 @@ class RadioModel(ABC):
                          max_rate_hz=max_rate_hz, sources=self.sources(), notes=notes)
 
 
-class RadioModelRegistry:
-    """Radio models by ``model:`` name; registering a name twice is an error. Plug-ins add
-    models through the entry-point group ``hilbench.radio_models``."""
-
-    def __init__(self) -> None:
-        self._models: dict[str, type[RadioModel]] = {}
-        self._entry_points_loaded = False
-
-    def register(self, cls: type[RadioModel]) -> type[RadioModel]:
-        """Class decorator: add ``cls`` under ``cls.name``; returns the class."""
-        if cls.name in self._models:
-            raise ConfigError(f"radio model {cls.name!r} is already registered "
-                              f"({self._models[cls.name].__module__}.{self._models[cls.name].__qualname__})")
-        self._models[cls.name] = cls
-        return cls
-
-    def _load_entry_points(self) -> None:
-        if self._entry_points_loaded:
-            return
-        self._entry_points_loaded = True
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name not in self._models:
-                self.register(ep.load())
-
-    def get(self, name: str) -> type[RadioModel]:
-        if name not in self._models:
-            self._load_entry_points()
-        try:
-            return self._models[name]
-        except KeyError:
-            raise ConfigError(f"unknown radio model {name!r}; known: {', '.join(self.names())}") from None
-
-    def names(self) -> list[str]:
-        return sorted(self._models)
-
-
-RADIO_MODELS = RadioModelRegistry()
+RADIO_MODELS: Registry[type[RadioModel]] = Registry("radio model", entry_point_group=ENTRY_POINT_GROUP)
 
 
 class _PoweredConstants(_Strict):

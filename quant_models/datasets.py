@@ -20,6 +20,7 @@ import numpy as np
 
 from harness.errors import DatasetError
 from harness.paths import dataset_cache, npm_cache
+from harness.registry import Registry
 
 from .idx import read_idx
 
@@ -54,35 +55,23 @@ class Dataset:
 
 
 DatasetLoader = Callable[[], Dataset]
-_REGISTRY: dict[str, DatasetLoader] = {}
-
-
-def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Register a loader under ``name``; refuses duplicates."""
-
-    def decorate(loader: DatasetLoader) -> DatasetLoader:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _REGISTRY[name] = loader
-        return loader
-
-    return decorate
+DATASETS: Registry[DatasetLoader] = Registry("dataset", entry_point_group="hilbench.datasets")
+register_dataset = DATASETS.register
 
 
 def dataset_names() -> list[str]:
-    return sorted(_REGISTRY) + ["idx:PATH"]
+    return DATASETS.names() + ["idx:PATH"]
 
 
 def load_dataset(name: str) -> Dataset:
     """Load a dataset by name (see module docstring); raises DatasetError with a fix."""
     if name.startswith("idx:"):
         return load_idx_directory(Path(name[4:]).expanduser())
-    try:
-        loader = _REGISTRY[name]
-    except KeyError:
-        raise DatasetError(
-            f"unknown dataset {name!r}; known: {', '.join(dataset_names())}") from None
-    return loader()
+    if name not in DATASETS:
+        DATASETS._load_entry_points()
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+    return DATASETS.get(name)()
 
 
 def stratified_split(labels: np.ndarray, test_count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.errors import ModelError
+from harness.registry import Registry
 
 from . import layers
 from .experiment import EncoderSpec, Experiment
@@ -331,14 +332,12 @@ class Scheme:
     loss: Callable[[SplitModel, list[torch.Tensor], torch.Tensor, Experiment], torch.Tensor]
 
 
-SCHEMES: dict[str, Scheme] = {}
+SCHEMES: Registry[Scheme] = Registry("scheme")
 
 
 def register_scheme(name: str, loss=None):
     def decorate(build):
-        if name in SCHEMES:
-            raise ValueError(f"scheme {name!r} is already registered")
-        SCHEMES[name] = Scheme(name, build, loss or classification_loss)
+        SCHEMES.add(name, Scheme(name, build, loss or classification_loss))
         return build
     return decorate
 
@@ -392,4 +391,4 @@ def build_autoencoder(exp: Experiment, partition: Partition, classes: int) -> Sp
 
 def build_model(exp: Experiment, partition: Partition, classes: int) -> SplitModel:
     exp.check_shape(partition.nodes, classes)
-    return SCHEMES[exp.scheme].build(exp, partition, classes)
+    return SCHEMES.get(exp.scheme).build(exp, partition, classes)

@@ -86,7 +86,7 @@ def train(exp: Experiment, data: Dataset, progress: ProgressFactory | None = Non
     rng = np.random.default_rng(exp.training.seed)
     partition = make_partition(exp.partition, data.image_shape)
     model = build_model(exp, partition, data.classes)
-    loss_fn = SCHEMES[exp.scheme].loss
+    loss_fn = SCHEMES.get(exp.scheme).loss
     train_x, train_y = data.train_x, data.train_y
     if exp.training.train_samples:
         train_x, train_y = train_x[:exp.training.train_samples], train_y[:exp.training.train_samples]

@@ -39,6 +39,7 @@ from harness.emulators.sshd import generate_key
 from harness.errors import DeviceError
 from harness.paths import REPO_ROOT, cache_root
 from harness.transports.ssh import SshEndpoint
+from harness.emulators import Launched
 
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-arm64-rootfs.sh"
 PI_CPUINFO = REPO_ROOT / "devices" / "emulators" / "rpi4-cpuinfo.txt"
@@ -134,7 +135,7 @@ def _free_subnet() -> int:
     raise DeviceError(f"no free {SUBNET_PREFIX}.N.0/30 subnet for a network namespace")
 
 
-class Arm64Device:
+class Arm64Device(Launched):
     """An arm64 sshd under qemu-user in its own network namespace; a context manager that
     always tears down the processes, namespace, mounts and files it made."""
 
@@ -306,17 +307,6 @@ class Arm64Device:
     def _namespace_pids(self) -> list[int]:
         result = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True, timeout=30)
         return [int(p) for p in result.stdout.split() if p.isdigit()]
-
-    def __enter__(self) -> "Arm64Device":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # -- state -------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from harness.errors import DeviceError
+from harness.emulators import Launched
 
 QEMU_BINARY = "qemu-system-arm"
 
@@ -68,7 +69,7 @@ def qemu_command(spec: QemuNodeSpec, qemu_binary: str = QEMU_BINARY) -> list[str
     ]
 
 
-class QemuNode:
+class QemuNode(Launched):
     """One running qemu-system-arm; a context manager that always stops and reaps it."""
 
     def __init__(
@@ -160,17 +161,6 @@ class QemuNode:
             self._stderr_thread.join(timeout=STOP_TIMEOUT_SECONDS)
         if process.stderr is not None:
             process.stderr.close()
-
-    def __enter__(self) -> "QemuNode":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # -- state -------------------------------------------------------------------------------
 

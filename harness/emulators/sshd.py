@@ -28,6 +28,7 @@ from typing import Iterator
 
 from harness.errors import DeviceError
 from harness.transports.ssh import SshEndpoint
+from harness.emulators import Launched
 
 SSHD_BINARY = "/usr/sbin/sshd"
 READY_TIMEOUT_SECONDS = 10.0
@@ -79,7 +80,7 @@ def sshd_config(*, port: int, host_key: Path, authorized_keys: Path, pid_file: P
     ])
 
 
-class LoopbackSshd:
+class LoopbackSshd(Launched):
     """A private sshd on 127.0.0.1 with keys made for it; a context manager that always stops it.
 
     ``endpoint`` is what a client needs: host, port, user, client key, known_hosts."""
@@ -201,17 +202,6 @@ class LoopbackSshd:
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
-
-    def __enter__(self) -> "LoopbackSshd":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # -- state -------------------------------------------------------------------------------
 

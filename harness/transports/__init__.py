@@ -7,10 +7,11 @@ harness can report wire bytes per inference.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Protocol
 from urllib.parse import urlsplit
 
 from harness.errors import ConfigError
+from harness.registry import Registry
 
 
 class Transport(Protocol):
@@ -35,33 +36,16 @@ class Transport(Protocol):
 
 
 TransportFactory = Callable[..., Transport]
-F = TypeVar("F", bound=TransportFactory)
 
 # Device paths such as /dev/ttyACM0 or COM3 have no scheme; they are filed under "serial".
 PLAIN_PATH_SCHEME = "serial"
 
 
-class TransportRegistry:
-    """Transport classes by URL scheme; a scheme can be registered once."""
+class TransportRegistry(Registry[TransportFactory]):
+    """Transport classes by URL scheme (``@TRANSPORTS.register("socket", ...)``)."""
 
     def __init__(self) -> None:
-        self._factories: dict[str, TransportFactory] = {}
-
-    def register(self, *schemes: str) -> Callable[[F], F]:
-        """Class decorator: make the class the transport for ``schemes``; refuses duplicates."""
-
-        def decorate(factory: F) -> F:
-            for scheme in schemes:
-                if scheme in self._factories:
-                    raise ConfigError(
-                        f"transport scheme {scheme!r} is already registered "
-                        f"to {self._factories[scheme].__name__}"
-                    )
-            for scheme in schemes:
-                self._factories[scheme] = factory
-            return factory
-
-        return decorate
+        super().__init__("transport scheme", entry_point_group="hilbench.transports")
 
     def scheme_of(self, url: str) -> str:
         scheme = urlsplit(url).scheme
@@ -71,17 +55,12 @@ class TransportRegistry:
     def create(self, url: str, **options: object) -> Transport:
         """An unopened transport for ``url``; ConfigError if no transport handles its scheme."""
         scheme = self.scheme_of(url)
-        try:
-            factory = self._factories[scheme]
-        except KeyError:
-            raise ConfigError(
-                f"no transport for URL {url!r} (scheme {scheme!r}); known schemes: "
-                f"{', '.join(sorted(self._factories))}"
-            ) from None
-        return factory(url, **options)
-
-    def schemes(self) -> list[str]:
-        return sorted(self._factories)
+        if scheme not in self:
+            self._load_entry_points()
+        if scheme not in self:
+            raise ConfigError(f"no transport for URL {url!r} (scheme {scheme!r}); known schemes: "
+                              f"{', '.join(self.names())}")
+        return self.get(scheme)(url, **options)
 
 
 TRANSPORTS = TransportRegistry()

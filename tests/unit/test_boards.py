@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from harness.boards import BOARDS, BoardDescription, BoardRegistry, MemoryRegion
+from harness.boards import BOARDS, BoardDescription, MemoryRegion
 from harness.errors import ConfigError
+from harness.registry import Registry
 from harness.protocol import TimerKind
 
 _REGION = re.compile(r"(?P<name>FLASH|RAM)\s*\([a-z]+\)\s*:\s*ORIGIN\s*=\s*(?P<origin>0x[0-9A-Fa-f]+),\s*LENGTH\s*=\s*(?P<kib>\d+)K")
@@ -35,7 +36,7 @@ def test_unknown_board_lists_known_ones() -> None:
 
 
 def test_duplicate_registration_is_refused() -> None:
-    registry = BoardRegistry()
+    registry = Registry("board")
     board = BOARDS.get("mps2-an386")
     assert registry.register(board) is board
     with pytest.raises(ConfigError, match="already registered"):

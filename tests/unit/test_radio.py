@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.registry import Registry
+
 from harness import radio
 from harness.errors import ConfigError
-from harness.radio_profiles import (RADIO_MODELS, LoRaWANModel, RadioModelRegistry, airtime_report,
+from harness.radio_profiles import (RADIO_MODELS, LoRaWANModel, airtime_report,
                                     get_radio_profile, load_radio_profile, load_radio_profiles)
 
 
@@ -197,8 +199,11 @@ def test_duplicate_profiles_and_registrations_are_refused(tmp_path):
     (tmp_path / "a" / "ble-1m.yaml").write_text(src.read_text())
     with pytest.raises(ConfigError, match="defined twice"):
         load_radio_profiles([src.parent, tmp_path / "a"])
+    class Impostor(LoRaWANModel):
+        name = "lorawan"
+
     with pytest.raises(ConfigError, match="already registered"):
-        RADIO_MODELS.register(LoRaWANModel)
-    registry = RadioModelRegistry()
+        RADIO_MODELS.register(Impostor)
+    registry = Registry("radio model")
     assert registry.register(LoRaWANModel) is LoRaWANModel
     assert math.isfinite(get_radio_profile("nbiot").cost(0).max_rate_hz)
