@@ -97,9 +97,10 @@ def export_dir_for(cache_key: str) -> Path:
     return cache_root() / "exports" / cache_key[:24]
 
 
-def run_experiment(exp: Experiment, store: ResultsStore, options: RunOptions = RunOptions(),
+def run_experiment(exp: Experiment, store: ResultsStore, options: RunOptions | None = None,
                    progress: ProgressFactory | None = None) -> dict:
     """Run ``exp`` end to end; returns the run summary (also stored with the run)."""
+    options = options or RunOptions()
     if exp.scheme == "centralized" or not exp.code.quantized:
         raise ConfigError(f"{exp.source}: field 'scheme'/'code.bits': a device run needs quantized node "
                           f"encoders (scheme {exp.scheme!r}, q = {exp.code.bits}); centralized and float "
