@@ -108,7 +108,7 @@ def bits_and_bytes(summaries: list[dict], out: Path) -> Figure:
     ax.set_xticks(list(x), names, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("bytes per inference (all nodes)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     path = out / "bytes.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
