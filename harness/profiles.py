@@ -6,13 +6,12 @@ device means dropping a file there; no code changes. Errors name the file and th
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from harness.datafiles import check_name_matches_file, find_named, load_named, read_mapping, search_path, validate
 from harness.errors import ConfigError
 from harness.paths import REPO_ROOT
 
@@ -130,57 +129,21 @@ class DeviceProfile(_Strict):
         return BOARDS.get(self.board) if self.board else None
 
 
-def _format(source: str, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{source}: field '{field}': {err['msg'].removeprefix('Value error, ')}")
-    return "\n".join(lines)
-
-
 def load_profile(path: Path) -> DeviceProfile:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read device profile ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: malformed YAML{at}: {getattr(exc, 'problem', exc)}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a device profile must be a YAML mapping of fields")
-    try:
-        profile = DeviceProfile.model_validate({**data, "source": str(path)})
-    except ValidationError as exc:
-        raise ConfigError(_format(str(path), exc)) from exc
-    if profile.name != path.stem:
-        raise ConfigError(f"{path}: field 'name': {profile.name!r} must match the file name {path.stem!r}")
+    data = read_mapping(path, "a device profile")
+    profile = validate(DeviceProfile, {**data, "source": str(path)}, str(path))
+    check_name_matches_file(profile, path)
     return profile
 
 
 def profile_dirs() -> list[Path]:
-    extra = [Path(p).expanduser() for p in os.environ.get("HILBENCH_PROFILE_DIRS", "").split(os.pathsep) if p]
-    return [SHIPPED_PROFILES, *extra, USER_PROFILES]
+    return search_path(SHIPPED_PROFILES, "HILBENCH_PROFILE_DIRS", USER_PROFILES)
 
 
 def load_profiles(dirs: list[Path] | None = None) -> dict[str, DeviceProfile]:
     """All profiles by name; two files defining one name is an error naming both."""
-    profiles: dict[str, DeviceProfile] = {}
-    for directory in dirs if dirs is not None else profile_dirs():
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.glob("*.yaml")):
-            profile = load_profile(path)
-            if profile.name in profiles:
-                raise ConfigError(f"device {profile.name!r} is defined twice: {profiles[profile.name].source} and {path}")
-            profiles[profile.name] = profile
-    return profiles
+    return load_named(profile_dirs() if dirs is None else dirs, load_profile, "device")
 
 
 def get_profile(name: str, dirs: list[Path] | None = None) -> DeviceProfile:
-    profiles = load_profiles(dirs)
-    if name not in profiles:
-        searched = ", ".join(str(d) for d in (dirs if dirs is not None else profile_dirs()))
-        raise ConfigError(f"unknown device {name!r}; known: {', '.join(sorted(profiles)) or 'none'} "
-                          f"(profiles are read from {searched})")
-    return profiles[name]
+    return find_named(name, profile_dirs() if dirs is None else dirs, load_profile, "device")

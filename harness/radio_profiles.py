@@ -13,16 +13,15 @@ highest sustainable message rate) with the pure functions of :mod:`harness.radio
 from __future__ import annotations
 
 import math
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from harness import radio
+from harness.datafiles import check_name_matches_file, find_named, load_named, read_mapping, search_path, validate
 from harness.errors import ConfigError
 from harness.registry import Registry
 from harness.paths import REPO_ROOT
@@ -256,75 +255,37 @@ class _RadioFile(_Strict):
     constants: dict[str, Any]
 
 
-def _format(source: str, exc: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "") or "(top level)"
-        lines.append(f"{source}: field '{field}': {err['msg'].removeprefix('Value error, ')}")
-    return "\n".join(lines)
-
-
 def parse_radio_profile(data: Any, source: str) -> RadioProfile:
     """Validate a profile mapping; ConfigError naming ``source`` and the field on error."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a radio profile must be a YAML mapping of fields")
-    try:
-        top = _RadioFile.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format(source, exc)) from exc
+    top = validate(_RadioFile, data, source)
     try:
         model_cls = RADIO_MODELS.get(top.model)
     except ConfigError as exc:
         raise ConfigError(f"{source}: field 'model': {exc}") from exc
-    try:
-        constants = model_cls.Constants.model_validate(top.constants)
-    except ValidationError as exc:
-        raise ConfigError(_format(source, exc, "constants")) from exc
+    constants = validate(model_cls.Constants, top.constants, source, "constants")
     return RadioProfile(name=top.name, model=model_cls(top.name, constants),
                         description=top.description, source=source)
 
 
 def load_radio_profile(path: Path) -> RadioProfile:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read radio profile ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: malformed YAML{at}: {getattr(exc, 'problem', exc)}") from exc
-    profile = parse_radio_profile(data, str(path))
-    if profile.name != path.stem:
-        raise ConfigError(f"{path}: field 'name': {profile.name!r} must match the file name {path.stem!r}")
+    profile = parse_radio_profile(read_mapping(path, "a radio profile"), str(path))
+    check_name_matches_file(profile, path)
     return profile
 
 
 def radio_dirs() -> list[Path]:
-    extra = [Path(p).expanduser() for p in os.environ.get("HILBENCH_RADIO_DIRS", "").split(os.pathsep) if p]
-    return [SHIPPED_RADIOS, *extra, USER_RADIOS]
+    return search_path(SHIPPED_RADIOS, "HILBENCH_RADIO_DIRS", USER_RADIOS)
 
 
 def load_radio_profiles(dirs: list[Path] | None = None) -> dict[str, RadioProfile]:
     """All radio profiles by name; two files defining one name is an error naming both."""
-    profiles: dict[str, RadioProfile] = {}
-    for directory in dirs if dirs is not None else radio_dirs():
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.glob("*.yaml")):
-            profile = load_radio_profile(path)
-            if profile.name in profiles:
-                raise ConfigError(f"radio {profile.name!r} is defined twice: {profiles[profile.name].source} and {path}")
-            profiles[profile.name] = profile
-    return profiles
+    return load_named(radio_dirs() if dirs is None else dirs, load_radio_profile, "radio")
 
 
 def get_radio_profile(name: str, dirs: list[Path] | None = None) -> RadioProfile:
-    profiles = load_radio_profiles(dirs)
-    if name not in profiles:
-        searched = ", ".join(str(d) for d in (dirs if dirs is not None else radio_dirs()))
-        raise ConfigError(f"unknown radio {name!r}; known: {', '.join(sorted(profiles)) or 'none'} "
-                          f"(radio profiles are read from {searched})")
-    return profiles[name]
+    return find_named(name, radio_dirs() if dirs is None else dirs, load_radio_profile, "radio")
 
 
 def cost_dict(cost: RadioCost) -> dict[str, Any]:

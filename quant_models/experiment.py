@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from harness.datafiles import read_mapping, validate
 from harness.errors import ConfigError
 
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
@@ -140,35 +140,12 @@ class Experiment(_Strict):
                 f"C must be nodes x classes = {nodes * classes} (got {self.code.values})")
 
 
-def _format_validation_error(source: str, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{source}: field '{field}': {msg}")
-    return "\n".join(lines)
-
-
 def parse_experiment(data: object, source: str = "<memory>") -> Experiment:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: an experiment file must be a YAML mapping of fields")
-    try:
-        return Experiment.model_validate({**data, "source": source})
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source, exc)) from exc
+    return validate(Experiment, {**data, "source": source}, source)
 
 
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment YAML file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read experiment file ({exc.strerror})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise ConfigError(f"{path}: malformed YAML{at}: {getattr(exc, 'problem', exc)}") from exc
-    return parse_experiment(data, str(path))
+    return parse_experiment(read_mapping(Path(path), "an experiment file"), str(path))
