@@ -32,6 +32,14 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path, title: str, caption: str) -> Figure:
+    """Write ``fig`` as a PNG, free it, and describe it for the report."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return Figure(path, title, caption)
+
+
 def accuracy_vs_bits(summaries: list[dict], out: Path) -> Figure:
     """The paper's Fig. 3: accuracy against bits per inference, one line per scheme and q."""
     plt = _plt()
@@ -59,11 +67,7 @@ def accuracy_vs_bits(summaries: list[dict], out: Path) -> Figure:
     ax.set_ylabel("end-to-end accuracy (device codes)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    path = out / "accuracy_vs_bits.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Figure(path, "Accuracy vs bits per inference",
+    return _save(fig, out / "accuracy_vs_bits.png", "Accuracy vs bits per inference",
                   "Accuracy from the codes the devices produced, through the head; bits are nominal "
                   "(q x code length, all nodes). Measured end to end on the run's devices (emulated or real, "
                   "see the run table).")
@@ -86,11 +90,7 @@ def latency_distributions(store: ResultsStore, summaries: list[dict], out: Path)
     ax.set_xticks(range(1, len(series) + 1), labels, fontsize=7)
     ax.set_ylabel("per-inference device latency (unit under each box)")
     ax.grid(True, axis="y", alpha=0.3)
-    path = out / "latency.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Figure(path, "Per-inference latency per node and device",
+    return _save(fig, out / "latency.png", "Per-inference latency per node and device",
                   "Boxes: quartiles; whiskers: p1-p99. Basis: " + "; ".join(sorted(bases)) +
                   ". Emulator instruction counts are not a board's cycles or time.")
 
@@ -109,11 +109,7 @@ def bits_and_bytes(summaries: list[dict], out: Path) -> Figure:
     ax.set_yscale("log")
     ax.set_ylabel("bytes per inference (all nodes)")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
-    path = out / "bytes.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Figure(path, "Bits and bytes per inference: raw vs coded",
+    return _save(fig, out / "bytes.png", "Bits and bytes per inference: raw vs coded",
                   "Raw and coded bytes are what a node would radio (computed from the model); link bytes are "
                   "counted on the host-device test link (not a radio).")
 
@@ -137,14 +133,10 @@ def energy_per_inference(summaries: list[dict], out: Path) -> Figure | None:
     ax.set_xticks([i * 2.5 + d for i in range(len(rows)) for d in (0, 1)], names, fontsize=8)
     ax.set_ylabel("energy per inference, all nodes (mJ)")
     ax.legend(fontsize=8)
-    path = out / "energy.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
     bases = sorted({json.dumps(s["energy"]["basis"]) for s in rows})
     radios = sorted({s["radio"]["name"] for s in rows})
     missing = sorted({m for s in rows for m in s["energy"].get("missing", [])})
-    return Figure(path, "Energy per inference: compute and radio, encoded vs raw",
+    return _save(fig, out / "energy.png", "Energy per inference: compute and radio, encoded vs raw",
                   f"Basis: {'; '.join(bases)}. Radio: {', '.join(radios)} (airtime x TX power from the radio "
                   "profile's datasheet constants). Compute: meter where a node had one, else active power x compute "
                   "time (emulated boards: instruction count at 1 instruction per cycle, a model, not a measurement)."

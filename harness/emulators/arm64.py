@@ -39,7 +39,7 @@ from harness.emulators.sshd import generate_key
 from harness.errors import DeviceError
 from harness.paths import REPO_ROOT, cache_root
 from harness.transports.ssh import SshEndpoint
-from harness.emulators import Launched
+from harness.emulators import Launched, StderrLog, spawn
 
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-arm64-rootfs.sh"
 PI_CPUINFO = REPO_ROOT / "devices" / "emulators" / "rpi4-cpuinfo.txt"
@@ -154,8 +154,7 @@ class Arm64Device(Launched):
         self.directory: Path | None = None  # host temp dir: client key, known_hosts
         self._instance_dir: Path | None = None  # inside the rootfs: sshd_config, authorized_keys
         self._process: subprocess.Popen[bytes] | None = None
-        self._log: list[str] = []
-        self._log_thread: threading.Thread | None = None
+        self._log: StderrLog | None = None
         self._endpoint: SshEndpoint | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -228,19 +227,8 @@ class Arm64Device(Launched):
         assert self.netns is not None
         command = ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private",
                    "sh", "-c", _LAUNCH_SCRIPT, "sh", str(self.rootfs), str(PI_CPUINFO), self.qemu_cpu, config_inside]
-        setpriv = shutil.which("setpriv")
-        if setpriv:  # a killed harness leaves no sshd master behind
-            command = [setpriv, "--pdeathsig", "TERM", *command]
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-        self._log_thread = threading.Thread(target=self._collect_log, name=f"sshd-log-{self.device}", daemon=True)
-        self._log_thread.start()
-
-    def _collect_log(self) -> None:
-        process = self._process
-        assert process is not None and process.stderr is not None
-        for raw in process.stderr:
-            self._log.append(raw.decode("utf-8", "replace").rstrip("\n"))
+        self._process, self._log = spawn(command, name=f"sshd-log-{self.device}",
+                                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
     def _wait_ready(self) -> None:
         assert self._process is not None and self.address is not None
@@ -269,8 +257,8 @@ class Arm64Device(Launched):
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-            if self._log_thread is not None:
-                self._log_thread.join(timeout=STOP_TIMEOUT_SECONDS)
+            if self._log is not None:
+                self._log.join(STOP_TIMEOUT_SECONDS)
             if self._process.stderr is not None:
                 self._process.stderr.close()
             self._process = None
@@ -317,7 +305,7 @@ class Arm64Device(Launched):
         return self._endpoint
 
     def log_text(self) -> str:
-        return "\n".join(self._log)
+        return self._log.text() if self._log is not None else ""
 
 
 @contextmanager

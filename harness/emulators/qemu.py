@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from harness.errors import DeviceError
-from harness.emulators import Launched
+from harness.emulators import Launched, StderrLog, spawn
 
 QEMU_BINARY = "qemu-system-arm"
 
@@ -83,8 +83,7 @@ class QemuNode(Launched):
         self.qemu_binary = qemu_binary
         self.ready_timeout = ready_timeout
         self._process: subprocess.Popen[bytes] | None = None
-        self._stderr_lines: list[str] = []
-        self._stderr_thread: threading.Thread | None = None
+        self._stderr: StderrLog | None = None
         self._ready = threading.Event()
         self._port: int | None = None
 
@@ -99,30 +98,16 @@ class QemuNode(Launched):
         binary = shutil.which(self.qemu_binary)
         if binary is None:
             raise DeviceError(f"{self.qemu_binary} not found on PATH; install qemu-system-arm")
-        command = qemu_command(self.spec, binary)
-        setpriv = shutil.which("setpriv")
-        if setpriv:
-            # Linux sends the signal when the *thread* that forked exits, so launch nodes from a
-            # thread that outlives them (qemu_nodes launches from the caller's thread).
-            command = [setpriv, "--pdeathsig", "TERM", *command]
-        self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self._stderr_thread = threading.Thread(
-            target=self._collect_stderr, name=f"qemu-stderr-{self.spec.name}", daemon=True
-        )
-        self._stderr_thread.start()
+        # qemu_nodes launches from the caller's thread, which outlives the nodes (see spawn).
+        # At EOF (QEMU exited) "ready" is set too: wait_ready then sees no port and says why.
+        self._process, self._stderr = spawn(qemu_command(self.spec, binary), name=f"qemu-stderr-{self.spec.name}",
+                                            on_line=self._on_stderr_line, on_eof=self._ready.set)
 
-    def _collect_stderr(self) -> None:
-        assert self._process is not None and self._process.stderr is not None
-        for raw in self._process.stderr:
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            self._stderr_lines.append(line)
-            match = _LISTENING.search(line)
-            if match and not self._ready.is_set():
-                self._port = int(match["port"])
-                self._ready.set()
-        self._ready.set()  # EOF: QEMU exited; wait_ready sees no port and reports why
+    def _on_stderr_line(self, line: str) -> None:
+        match = _LISTENING.search(line)
+        if match and not self._ready.is_set():
+            self._port = int(match["port"])
+            self._ready.set()
 
     def wait_ready(self) -> None:
         """Block until QEMU listens on its port; DeviceError with QEMU's stderr if it does not."""
@@ -157,8 +142,8 @@ class QemuNode(Launched):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if self._stderr_thread is not None:
-            self._stderr_thread.join(timeout=STOP_TIMEOUT_SECONDS)
+        if self._stderr is not None:
+            self._stderr.join(STOP_TIMEOUT_SECONDS)
         if process.stderr is not None:
             process.stderr.close()
 
@@ -184,7 +169,7 @@ class QemuNode(Launched):
 
     def stderr_text(self) -> str:
         """What QEMU has written to stderr so far (its error messages)."""
-        return "\n".join(self._stderr_lines)
+        return self._stderr.text() if self._stderr is not None else ""
 
     def check_alive(self) -> None:
         """DeviceError with QEMU's exit status and stderr if the process has ended."""

@@ -20,7 +20,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Iterator
 
 from harness.errors import DeviceError
 from harness.transports.ssh import SshEndpoint
-from harness.emulators import Launched
+from harness.emulators import Launched, StderrLog, spawn
 
 SSHD_BINARY = "/usr/sbin/sshd"
 READY_TIMEOUT_SECONDS = 10.0
@@ -94,8 +93,7 @@ class LoopbackSshd(Launched):
         self.directory: Path | None = None
         self.port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._log: list[str] = []
-        self._log_thread: threading.Thread | None = None
+        self._log: StderrLog | None = None
         self._host_key_line = ""
         self._endpoint: SshEndpoint | None = None
 
@@ -136,20 +134,7 @@ class LoopbackSshd(Launched):
         config.write_text(sshd_config(port=port, host_key=d / "host_ed25519", authorized_keys=d / "authorized_keys",
                                       pid_file=d / "sshd.pid", user=self.user))
         command = [self.sshd_binary, "-D", "-e", "-f", str(config.resolve())]
-        setpriv = shutil.which("setpriv")
-        if setpriv:  # a killed harness leaves no sshd behind
-            command = [setpriv, "--pdeathsig", "TERM", *command]
-        self._log = []
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, start_new_session=True)
-        self._log_thread = threading.Thread(target=self._collect_log, name=f"sshd-log-{self.device}", daemon=True)
-        self._log_thread.start()
-
-    def _collect_log(self) -> None:
-        process = self._process
-        assert process is not None and process.stderr is not None
-        for raw in process.stderr:
-            self._log.append(raw.decode("utf-8", "replace").rstrip("\n"))
+        self._process, self._log = spawn(command, name=f"sshd-log-{self.device}", start_new_session=True)
 
     def _wait_ready(self) -> bool:
         """True once the server sends its SSH banner; False if sshd exited or never did."""
@@ -190,8 +175,8 @@ class LoopbackSshd(Launched):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
                 process.wait()
-        if self._log_thread is not None:
-            self._log_thread.join(timeout=STOP_TIMEOUT_SECONDS)
+        if self._log is not None:
+            self._log.join(STOP_TIMEOUT_SECONDS)
         if process.stderr is not None:
             process.stderr.close()
         self._process = None
@@ -227,7 +212,7 @@ class LoopbackSshd(Launched):
 
     def log_text(self) -> str:
         """sshd's log so far (it logs to stderr with -e)."""
-        return "\n".join(self._log)
+        return self._log.text() if self._log is not None else ""
 
 
 @contextmanager
