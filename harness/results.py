@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from harness.errors import HilbenchError
@@ -72,6 +73,19 @@ INFERENCE_COLUMNS = ("run_id", "node", "sample", "device", "ticks", "device_coun
                      "latency_unit", "latency_basis", "host_rtt_s", "code", "golden_code", "bitexact",
                      "attempts", "wire_bytes_sent", "wire_bytes_received")
 PREDICTION_COLUMNS = ("run_id", "sample", "label", "prediction", "golden_prediction", "gateway", "gateway_ns")
+
+
+def stored_codes(inferences: pd.DataFrame, node: int, code_len: int, bits: int, column: str = "code",
+                 samples: list[int] | None = None) -> np.ndarray:
+    """One node's codes [samples, code_len] unpacked from stored packed bytes (``code`` from the
+    device or ``golden_code``), in sample order, for ``samples`` or every stored sample."""
+    from quant_models.packing import unpack_codes
+
+    rows = inferences[inferences.node == node].set_index("sample").sort_index()
+    if samples is not None:
+        rows = rows.loc[samples]
+    packed = np.stack([np.frombuffer(b, np.uint8) for b in rows[column]])
+    return unpack_codes(packed, code_len, bits)
 
 
 def default_db_path() -> Path:

@@ -25,12 +25,11 @@ from harness.errors import ConfigError, HilbenchError
 from harness.node_targets import NodeReply, NodeTarget, open_gateway, open_node_target
 from harness.paths import REPO_ROOT, cache_root
 from harness.profiles import get_profile
-from harness.results import ResultsStore
+from harness.results import ResultsStore, stored_codes
 from harness.summary import summarize_run
 from quant_models import golden
 from quant_models.experiment import Experiment
 from quant_models.export import MANIFEST, load_int_encoders
-from quant_models.packing import unpack_codes
 from quant_models.pipeline import export_trained, get_trained_model
 
 BATCH = 25  # samples per committed batch and per progress step
@@ -203,14 +202,10 @@ def _predict(store: ResultsStore, run_id: str, exp: Experiment, encoders, labels
     ready = sorted(s for s in complete[complete == len(encoders)].index if s not in have)
     if not ready:
         return
-    inf = inf.set_index(["sample", "node"])
 
     def codes_of(column: str) -> np.ndarray:
-        per_node = []
-        for enc in encoders:
-            packed = np.array([np.frombuffer(inf.loc[(s, enc.node), column], np.uint8) for s in ready])
-            per_node.append(unpack_codes(packed, enc.code_len, enc.code_bits))
-        return np.concatenate(per_node, axis=1)
+        return np.concatenate([stored_codes(inf, enc.node, enc.code_len, enc.code_bits, column, ready)
+                               for enc in encoders], axis=1)
 
     with open_gateway(gateway_name, export_dir) as gateway:
         pred, gateway_ns = gateway.classify(codes_of("code"))

@@ -17,10 +17,9 @@ import numpy as np
 from harness.energy import ComputeTime
 from harness.errors import MeasurementError
 from harness.profiles import DeviceProfile
-from harness.results import ResultsStore
+from harness.results import ResultsStore, stored_codes
 from harness.run_energy import energy_report
 from harness.stats import distribution
-from quant_models.packing import unpack_codes
 
 DEFAULT_RADIO = "lora-eu868-sf7"
 
@@ -49,11 +48,7 @@ def cost_blocks(summary: dict, inf, manifest: dict, profiles: dict[str, DevicePr
     radios = {p.radio or DEFAULT_RADIO for p in node_profiles}
     if len(radios) != 1:
         raise MeasurementError(f"nodes use different radios {sorted(radios)}; one radio per run is supported")
-    codes = []
-    for m in manifest["nodes"]:
-        packed = np.stack(inf[inf.node == m["node"]].sort_values("sample")["code"].map(
-            lambda b: np.frombuffer(b, np.uint8)).to_list())
-        codes.append(unpack_codes(packed, m["code_len"], m["code_bits"]))
+    codes = [stored_codes(inf, m["node"], m["code_len"], m["code_bits"]) for m in manifest["nodes"]]
     return energy_report(
         radio=radios.pop(), payload_bytes=[m["payload_bytes"] for m in manifest["nodes"]],
         raw_bytes=[m["view_shape"][0] * m["view_shape"][1] for m in manifest["nodes"]],
