@@ -6,14 +6,14 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import HilbenchError
+from harness.core.errors import HilbenchError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from quant_models.experiment import load_experiment
     from quant_models.pipeline import get_trained_model
 
-    from .console import console, key_value_table, progress_factory
+    from harness.console import console, key_value_table, progress_factory
 
     exp = load_experiment(args.experiment)
     with progress_factory() as progress:
@@ -38,7 +38,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from quant_models.experiment import load_experiment
     from quant_models.pipeline import export_trained, get_trained_model
 
-    from .console import console, key_value_table, progress_factory
+    from harness.console import console, key_value_table, progress_factory
 
     exp = load_experiment(args.experiment)
     with progress_factory() as progress:
@@ -59,15 +59,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_devices_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from .console import stdout
-    from .profiles import load_profiles
+    from harness.console import stdout
+    from harness.config.profiles import scan_profiles
 
+    scanned = scan_profiles()
     table = Table(title="device profiles")
     table.add_column("name", no_wrap=True)
     for col in ("kind", "emulated", "board / cpu", "deploy", "file"):
         table.add_column(col, overflow="fold")
-    for name, p in sorted(load_profiles().items()):
+    for name, p in sorted(scanned.usable.items()):
         table.add_row(name, p.kind, "yes" if p.emulated else "no", p.board or p.cpu, p.deploy.method, p.source)
+    for name, error in sorted(scanned.unusable.items()):
+        table.add_row(name, "[red]unusable[/red]", "", "", "", str(error))
     stdout.print(table)
     return 0
 
@@ -75,7 +78,7 @@ def _cmd_devices_list(args: argparse.Namespace) -> int:
 def _cmd_devices_show(args: argparse.Namespace) -> int:
     import yaml
 
-    from .profiles import get_profile
+    from harness.config.profiles import get_profile
 
     profile = get_profile(args.name)
     print(f"# {profile.source}")
@@ -86,22 +89,21 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
 def _cmd_devices_check(args: argparse.Namespace) -> int:
     """Deploy node 0 of an experiment's model to the device and shake hands (HELLO, PING)."""
     from quant_models.experiment import load_experiment
-    from quant_models.pipeline import get_trained_model
+    from quant_models.pipeline import get_exported
 
-    from .console import console, key_value_table, progress_factory
-    from .deploy import deploy_mcu_node
-    from .profiles import get_profile
+    from harness.config.profiles import get_profile
+    from harness.console import console, key_value_table, progress_factory
+    from harness.targets.mcu.deploy import deploy_mcu_node
 
     profile = get_profile(args.name)
     if profile.kind != "mcu":
-        from .targets.linux import check_linux_device
+        from harness.targets.linux.roles import check_linux_device
 
         console.print(key_value_table(f"{profile.name}: ok", check_linux_device(profile)))
         return 0
     exp = load_experiment(args.experiment)
     with progress_factory() as progress:
-        trained = get_trained_model(exp, progress=progress)
-    encoder = trained.cached.model.encoders[0].to_integer(0)
+        encoder = get_exported(exp, progress=progress).encoders[0]
     with deploy_mcu_node(profile, encoder) as node:
         hello, rtt = node.target.hello, node.target.ping()
         fw = node.firmware
@@ -121,9 +123,9 @@ def _cmd_devices_check(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from quant_models.experiment import load_experiment
 
-    from .console import console, progress_factory, summary_table
-    from .results import ResultsStore
-    from .run import RunOptions, run_experiment
+    from harness.console import console, progress_factory, summary_table
+    from harness.store.results import ResultsStore
+    from harness.run import RunOptions, run_experiment
 
     exp = load_experiment(args.experiment)
     store = ResultsStore(args.db)
@@ -141,8 +143,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_results_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from .console import stdout
-    from .results import ResultsStore
+    from harness.console import stdout
+    from harness.store.results import ResultsStore
 
     runs = ResultsStore(args.db).runs()
     table = Table(title=f"runs in {args.db or 'results/hilbench.sqlite'}")
@@ -158,8 +160,8 @@ def _cmd_results_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_results_show(args: argparse.Namespace) -> int:
-    from .console import console, summary_table
-    from .results import ResultsStore
+    from harness.console import console, summary_table
+    from harness.store.results import ResultsStore
 
     run = ResultsStore(args.db).run(args.run_id)
     if run["summary"] is None:
@@ -173,7 +175,7 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_results_export(args: argparse.Namespace) -> int:
-    from .results import ResultsStore
+    from harness.store.results import ResultsStore
 
     store = ResultsStore(args.db)
     out = Path(args.out)
@@ -191,8 +193,8 @@ def _cmd_results_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-    from .results import ResultsStore
+    from harness.report.html import write_report
+    from harness.store.results import ResultsStore
 
     report = write_report(ResultsStore(args.db), args.run, Path(args.out))
     print(report)
@@ -200,8 +202,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_radio_airtime(args: argparse.Namespace) -> int:
-    from .console import console, key_value_table
-    from .radio_profiles import airtime_report
+    from harness.console import console, key_value_table
+    from harness.measure.radio_models import airtime_report
 
     report = airtime_report(args.radio, args.bytes)
     if args.json:
@@ -216,7 +218,7 @@ def _cmd_radio_airtime(args: argparse.Namespace) -> int:
 
 
 def _cmd_radio_list(args: argparse.Namespace) -> int:
-    from .radio_profiles import load_radio_profiles
+    from harness.measure.radio_models import load_radio_profiles
 
     for name, profile in sorted(load_radio_profiles().items()):
         print(f"{name}\t{profile.description}")

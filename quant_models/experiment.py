@@ -8,8 +8,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.datafiles import read_mapping, validate
-from harness.errors import ConfigError
+from harness.core.datafiles import read_mapping, validate
+from harness.core.errors import ConfigError
 
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
 SCHEMES = ("ours", "fdml", "centralized", "autoencoder")

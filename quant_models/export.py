@@ -10,28 +10,29 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
 from torch import nn
 
-from harness.errors import ModelError
+from harness.core.errors import ModelError
 
-from .intparams import IntEncoder
+from .manifest import FORMAT, Manifest, NodeEntry, WindowEntry, write_manifest
 from .model import NodeEncoder, SplitModel
 from .packing import payload_bytes
 from .partition import Partition
 
 ONNX_OPSET = 13
-MANIFEST = "manifest.json"
 
 
 class HeadFromCodes(nn.Module):
     """The base station's network on integer codes [B, C] (as float32): code x scale -> head."""
+
+    scales: torch.Tensor  # a registered buffer
 
     def __init__(self, head: nn.Module, scales: torch.Tensor):
         super().__init__()
@@ -68,7 +69,7 @@ def export_encoder_onnx(encoder: NodeEncoder, path: Path) -> None:
 
 def export_head_onnx(model: SplitModel, path: Path) -> None:
     wrapper = HeadFromCodes(copy.deepcopy(model.head), model.code_scales()).eval()
-    total = sum(e.code_len for e in model.encoders)
+    total = sum(e.code_len for e in model.node_encoders())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _onnx_export(wrapper, torch.zeros(1, total), path, "codes", "logits")
@@ -82,10 +83,19 @@ def _sha256_tensors(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+class _NodeCommon(TypedDict):
+    """The keys every :class:`NodeEntry` starts with."""
+
+    node: int
+    view_shape: list[int]
+    window: WindowEntry
+    code_len: int
+
+
 @dataclass
 class ExportResult:
     directory: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def model_hash(self) -> str:
@@ -97,35 +107,35 @@ def export_model(model: SplitModel, partition: Partition, out: Path, *, experime
     """Write every artifact of ``model`` into ``out`` and return the manifest."""
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
-    nodes = []
-    for i, enc in enumerate(model.encoders):
+    nodes: list[NodeEntry] = []
+    for i, enc in enumerate(model.node_encoders()):
         win = partition.windows[i]
-        entry: dict = {"node": i, "view_shape": list(partition.view_shape(i)),
-                       "window": {"top": win.top, "left": win.left, "height": win.height, "width": win.width},
-                       "code_len": enc.code_len}
+        common: _NodeCommon = {
+            "node": i, "view_shape": list(partition.view_shape(i)),
+            "window": {"top": win.top, "left": win.left, "height": win.height, "width": win.width},
+            "code_len": enc.code_len}
+        entry: NodeEntry
         if isinstance(enc, NodeEncoder):
             onnx_name = f"node{i}.onnx"
             export_encoder_onnx(enc, out / onnx_name)
-            entry["onnx"] = onnx_name
-            entry["code_bits"] = enc.bits if enc.quantized else "float"
             if enc.quantized:
                 ie = enc.to_integer(i)
                 int_name = f"node{i}.int.json"
                 ie.save(out / int_name)
-                entry |= {"kind": "encoder", "int_params": int_name, "sha256": ie.sha256(),
-                          "code_exponent": ie.code_exponent, "macs": ie.macs,
-                          "payload_bytes": payload_bytes(ie.code_len, ie.code_bits)}
+                entry = {**common, "onnx": onnx_name, "code_bits": enc.bits, "kind": "encoder",
+                         "int_params": int_name, "sha256": ie.sha256(), "code_exponent": ie.code_exponent,
+                         "macs": ie.macs, "payload_bytes": payload_bytes(ie.code_len, ie.code_bits)}
             else:
-                entry |= {"kind": "float-encoder", "sha256": _sha256_tensors(enc.state_dict()),
-                          "payload_bytes": 4 * enc.code_len}
+                entry = {**common, "onnx": onnx_name, "code_bits": "float", "kind": "float-encoder",
+                         "sha256": _sha256_tensors(enc.state_dict()), "payload_bytes": 4 * enc.code_len}
         else:  # raw node: sends its pixels
-            entry |= {"kind": "raw", "code_bits": 8, "code_exponent": -8, "macs": 0,
-                      "payload_bytes": enc.code_len, "sha256": hashlib.sha256(b"raw").hexdigest()}
+            entry = {**common, "kind": "raw", "code_bits": 8, "code_exponent": -8, "macs": 0,
+                     "payload_bytes": enc.code_len, "sha256": hashlib.sha256(b"raw").hexdigest()}
         nodes.append(entry)
     export_head_onnx(model, out / "head.onnx")
     head_hash = _sha256_tensors(model.head.state_dict() | {"scales": model.code_scales()})
     model_hash = hashlib.sha256("".join([n["sha256"] for n in nodes] + [head_hash]).encode()).hexdigest()
-    manifest = {"format": "hilbench-export/1", "experiment": experiment, "scheme": scheme,
+    manifest: Manifest = {"format": FORMAT, "experiment": experiment, "scheme": scheme,
                 "image_shape": list(partition.image_shape), "partition": partition.spec,
                 "code_bits": bits, "nodes": nodes,
                 "head": {"onnx": "head.onnx", "input": "codes", "sha256": head_hash},
@@ -134,10 +144,5 @@ def export_model(model: SplitModel, partition: Partition, out: Path, *, experime
                 "payload_bytes_per_inference": sum(n["payload_bytes"] for n in nodes),
                 "raw_bits_per_inference": 8 * int(np.prod(partition.image_shape)),
                 "model_hash": model_hash}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_manifest(out, manifest)
     return ExportResult(out, manifest)
-
-
-def load_int_encoders(directory: Path) -> list[IntEncoder]:
-    manifest = json.loads((directory / MANIFEST).read_text())
-    return [IntEncoder.load(directory / n["int_params"]) for n in manifest["nodes"] if "int_params" in n]

@@ -12,7 +12,7 @@ from functools import singledispatch
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from harness.errors import ModelError
+from harness.core.errors import ModelError
 
 from .intparams import ConvOp, FcOp, IntEncoder, MaxPoolOp, Requant
 from .packing import pack_codes

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import DatasetError
+from harness.core.errors import DatasetError
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, np.dtype] = {code: np.dtype(t) for code, t in (
+    (0x08, np.uint8), (0x09, np.int8), (0x0B, ">i2"), (0x0C, ">i4"), (0x0D, ">f4"), (0x0E, ">f8"))}
 
 
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -20,7 +21,7 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
         raise DatasetError(f"{source}: unknown IDX element type 0x{dtype_code:02x}")
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[dtype_code])
+    dtype = _IDX_DTYPES[dtype_code]
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
         raise DatasetError(

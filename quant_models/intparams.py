@@ -17,7 +17,7 @@ from typing import Union
 
 import numpy as np
 
-from harness.errors import ModelError
+from harness.core.errors import ModelError
 
 FORMAT = "hilbench-int-encoder/1"
 
@@ -119,7 +119,7 @@ class FcOp:
 
 
 IntOp = Union[ConvOp, MaxPoolOp, FcOp]
-OP_TYPES: dict[str, type] = {t.name: t for t in (ConvOp, MaxPoolOp, FcOp)}
+OP_TYPES: dict[str, type[ConvOp] | type[MaxPoolOp] | type[FcOp]] = {t.name: t for t in (ConvOp, MaxPoolOp, FcOp)}
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, Sequence, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.errors import ModelError
-from harness.registry import Registry
+from harness.core.errors import ModelError
+from harness.core.registry import Registry
 
 from . import layers
 from .experiment import EncoderSpec, Experiment
-from .intparams import ConvOp, FcOp, IntEncoder, MaxPoolOp, Requant
+from .intparams import ConvOp, FcOp, IntEncoder, IntOp, MaxPoolOp, Requant
 from .partition import Partition
 
 HIDDEN_ACT_INIT_MAX = 4.0
@@ -117,7 +117,8 @@ def _lower_affine(layer, act, in_exp: int, clip_max: int | None):
 class NodeEncoder(nn.Module):
     """C_i: the encoder one node runs on its view; outputs k code values (float or quantized)."""
 
-    def __init__(self, spec: EncoderSpec, view_shape: tuple[int, int], code_len: int, bits: int | str):
+    def __init__(self, spec: EncoderSpec, view_shape: tuple[int, int], code_len: int,
+                 bits: int | Literal["float"]):
         super().__init__()
         self.view_shape = view_shape
         self.quantized = bits != "float"
@@ -134,8 +135,10 @@ class NodeEncoder(nn.Module):
                 stages.append(PoolStage(layer.maxpool))
                 h, w = h // layer.maxpool, w // layer.maxpool
             else:
-                stages.append(FcStage(c * h * w, layer.fc.units, self.quantized, spec.activation_bits))
-                c, h, w = layer.fc.units, 1, 1
+                fc = layer.fc
+                assert fc is not None  # LayerSpec validation: exactly one of conv, maxpool, fc
+                stages.append(FcStage(c * h * w, fc.units, self.quantized, spec.activation_bits))
+                c, h, w = fc.units, 1, 1
             if h < 1 or w < 1:
                 raise ModelError(f"encoder layers shrink the {view_shape} view to nothing")
         # 1-bit codes: a 2-bit unsigned quantizer clipped at its first level. Brevitas' QCDQ
@@ -169,15 +172,17 @@ class NodeEncoder(nn.Module):
         if not self.quantized:
             raise ModelError("a float encoder has no integer form; use q in {1, 2, 3, 4, 8}")
         exp = layers.PIXEL_EXPONENT
-        ops = []
+        ops: list[IntOp] = []
         for stage in self.stages:
+            if not isinstance(stage, (ConvStage, PoolStage, FcStage)):
+                raise ModelError(f"encoder stage {type(stage).__name__} has no integer form")
             op, exp = stage.to_integer(exp)
             ops.append(op)
         code_max = 1 if self.code_stage.one_level else (1 << int(self.bits)) - 1
         op, code_exp = self.code_stage.to_integer(exp, clip_max=code_max)
         ops.append(op)
-        return IntEncoder(node, tuple(self.view_shape), layers.PIXEL_EXPONENT, tuple(ops),
-                          int(self.bits), code_exp)
+        h, w = self.view_shape
+        return IntEncoder(node, (h, w), layers.PIXEL_EXPONENT, tuple(ops), int(self.bits), code_exp)
 
     @torch.no_grad()
     def revive(self) -> None:
@@ -208,6 +213,9 @@ class RawNode(nn.Module):
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         return torch.round(x.flatten(1) / PIXEL_SCALE).to(torch.int64)
+
+
+Encoder = NodeEncoder | RawNode  # what a node runs
 
 
 # ---- heads -------------------------------------------------------------------------------
@@ -279,21 +287,24 @@ class CentralizedHead(nn.Module):
         return self.classifier(_assemble(self.partition, list(codes.split(self.sizes, dim=1))))
 
 
+def _decoder(code_len: int, pixels: int) -> nn.Sequential:
+    """Codes -> one view's pixels in (0, 1)."""
+    hidden, out = nn.Linear(code_len, 256), nn.Linear(256, pixels)
+    # Start the reconstructions near a typical mean pixel (~0.1), not sigmoid(0) = 0.5: else
+    # every sample's error pushes the codes the same way and the code layer saturates.
+    with torch.no_grad():
+        out.bias.fill_(DECODER_INIT_LOGIT)
+        out.weight.mul_(0.1)
+    return nn.Sequential(hidden, nn.ReLU(), out, nn.Sigmoid())
+
+
 class AutoencoderHead(nn.Module):
     """Per-node decoders reconstruct the views from the codes; a classifier reads the image."""
 
     def __init__(self, partition: Partition, code_len: int, hidden: list[int], classes: int):
         super().__init__()
         self.partition, self.code_len = partition, code_len
-        self.decoders = nn.ModuleList(
-            nn.Sequential(nn.Linear(code_len, 256), nn.ReLU(), nn.Linear(256, w.height * w.width), nn.Sigmoid())
-            for w in partition.windows)
-        # Start the reconstructions near a typical mean pixel (~0.1), not sigmoid(0) = 0.5: else
-        # every sample's error pushes the codes the same way and the code layer saturates.
-        with torch.no_grad():
-            for dec in self.decoders:
-                dec[2].bias.fill_(DECODER_INIT_LOGIT)
-                dec[2].weight.mul_(0.1)
+        self.decoders = nn.ModuleList(_decoder(code_len, w.height * w.width) for w in partition.windows)
         self.classifier = ImageClassifier(partition.image_shape, hidden, classes)
 
     def reconstruct(self, codes: torch.Tensor) -> list[torch.Tensor]:
@@ -306,11 +317,15 @@ class AutoencoderHead(nn.Module):
 # ---- the split model and its schemes -----------------------------------------------------
 
 class SplitModel(nn.Module):
-    def __init__(self, encoders: list[nn.Module], head: nn.Module, scheme: str):
+    def __init__(self, encoders: Sequence[Encoder], head: nn.Module, scheme: str):
         super().__init__()
         self.encoders = nn.ModuleList(encoders)
         self.head = head
         self.scheme = scheme
+
+    def node_encoders(self) -> list[Encoder]:
+        """The encoders in node order, typed (an nn.ModuleList only knows it holds modules)."""
+        return [cast(Encoder, e) for e in self.encoders]  # __init__ takes only Encoders
 
     def code_values(self, views: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([enc(v) for enc, v in zip(self.encoders, views)], dim=1)
@@ -320,7 +335,7 @@ class SplitModel(nn.Module):
 
     def code_scales(self) -> torch.Tensor:
         """Per code value, its scale: head input = integer code x scale."""
-        return torch.cat([torch.full((e.code_len,), e.code_scale()) for e in self.encoders])
+        return torch.cat([torch.full((e.code_len,), e.code_scale()) for e in self.node_encoders()])
 
 
 @dataclass(frozen=True)
@@ -346,7 +361,7 @@ def classification_loss(model: SplitModel, views, labels, exp: Experiment) -> to
     return F.cross_entropy(model(views), labels)
 
 
-def _encoders(exp: Experiment, partition: Partition, code_len: int) -> list[nn.Module]:
+def _encoders(exp: Experiment, partition: Partition, code_len: int) -> list[NodeEncoder]:
     return [NodeEncoder(exp.encoder, partition.view_shape(i), code_len, exp.code.bits)
             for i in range(partition.nodes)]
 
@@ -374,7 +389,9 @@ def autoencoder_loss(model: SplitModel, views, labels, exp: Experiment) -> torch
     The reconstruction error is summed over a view's pixels (mean over the batch): a per-pixel
     mean gives the encoders gradients so small that most code dimensions never leave zero.
     """
-    head: AutoencoderHead = model.head
+    head = model.head
+    if not isinstance(head, AutoencoderHead):
+        raise ModelError(f"the autoencoder loss needs an AutoencoderHead, not {type(head).__name__}")
     recon = head.reconstruct(model.code_values(views))
     batch = labels.shape[0]
     mse = sum(F.mse_loss(r, v.flatten(1), reduction="sum") for r, v in zip(recon, views)) / (batch * len(views))

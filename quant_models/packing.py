@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.errors import ModelError
+from harness.core.errors import ModelError
 
 
 def payload_bytes(code_len: int, bits: int) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

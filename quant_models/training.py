@@ -14,9 +14,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from harness.core.errors import ModelError
+
 from .datasets import Dataset
 from .experiment import Experiment
-from .model import SCHEMES, SplitModel, build_model
+from .model import SCHEMES, NodeEncoder, SplitModel, build_model
 from .partition import Partition, make_partition
 
 MONITOR_SAMPLES = 512
@@ -48,7 +50,7 @@ def encoder_health(model: SplitModel, views: list[torch.Tensor]) -> list[NodeHea
     was_training = model.training
     model.eval()
     report = []
-    for i, (enc, v) in enumerate(zip(model.encoders, views)):
+    for i, (enc, v) in enumerate(zip(model.node_encoders(), views)):
         codes = enc.codes(v) if enc.quantized else enc(v)
         report.append(NodeHealth(
             node=i, zero_code_fraction=float((codes == 0).float().mean()),
@@ -110,6 +112,8 @@ def train(exp: Experiment, data: Dataset, progress: ProgressFactory | None = Non
         for start in range(0, n, bs):
             idx = order[start:start + bs]
             loss = loss_fn(model, [v[idx] for v in views], labels[idx], exp)
+            if optimizer is None:
+                raise ModelError(f"{exp.name}: the model has no trainable parameters")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -120,7 +124,11 @@ def train(exp: Experiment, data: Dataset, progress: ProgressFactory | None = Non
         health = encoder_health(model, monitor)
         for h in health:
             if h.dead:
-                model.encoders[h.node].revive()
+                enc = model.node_encoders()[h.node]
+                if not isinstance(enc, NodeEncoder):
+                    raise ModelError(f"epoch {epoch}: node {h.node} sends raw pixels that are all zero or "
+                                     "constant; it has no code layer to re-initialise")
+                enc.revive()
                 revived.append({"epoch": epoch, "node": h.node})
                 log.append(f"epoch {epoch}: node {h.node} encoder dead (all-zero or constant codes); re-initialised its code layer")
         log.append(f"epoch {epoch}: loss {epoch_losses[-1]:.4f}")
@@ -131,7 +139,7 @@ def train(exp: Experiment, data: Dataset, progress: ProgressFactory | None = Non
     metrics = {
         "experiment": exp.name, "scheme": exp.scheme, "dataset": data.name,
         "dataset_source": data.source, "dataset_split": data.split,
-        "nodes": partition.nodes, "code_values": sum(e.code_len for e in model.encoders),
+        "nodes": partition.nodes, "code_values": sum(e.code_len for e in model.node_encoders()),
         "code_bits": exp.code.bits if exp.scheme != "centralized" else 8,
         "epochs": exp.training.epochs, "steps": steps, "train_samples": n,
         "train_seconds": train_seconds,

@@ -62,15 +62,13 @@ def local_latency(onnx_path: Path, views: np.ndarray, repeats: int) -> np.ndarra
     return np.asarray(timings, dtype=np.int64)
 
 
-def export(bits, out: Path):
+def export(bits):
     from quant_models.experiment import load_experiment
-    from quant_models.pipeline import export_trained, get_trained_model
+    from quant_models.pipeline import get_exported
 
     exp = load_experiment(ROOT / "experiments/smoke.yaml")
     exp = exp.model_copy(update={"code": exp.code.model_copy(update={"bits": bits})})
-    trained = get_trained_model(exp)
-    result = export_trained(exp, trained, out)
-    return result, trained
+    return get_exported(exp)
 
 
 def runner_throughput_local(onnx_path: Path, code_exponent: int, views: np.ndarray, repeats: int) -> dict:
@@ -88,8 +86,8 @@ def runner_throughput_local(onnx_path: Path, code_exponent: int, views: np.ndarr
 
 
 def over_ssh(device: str, onnx_path: Path, code_exponent: int, views: np.ndarray, batches, repeats: int) -> dict:
-    from harness.linux_deploy import deploy_linux_target, linux_device
-    from harness.profiles import get_profile
+    from harness.targets.linux.deploy import deploy_linux_target, linux_device
+    from harness.config.profiles import get_profile
 
     profile = get_profile(device)
     record: dict = {"device": device, "batches": []}
@@ -141,8 +139,8 @@ def main() -> None:
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="hilbench-bench-linux-") as tmp:
-        qcdq, trained = export(4, Path(tmp) / "q4")
-        flt, _ = export("float", Path(tmp) / "float")
+        qcdq, flt = export(4), export("float")
+        trained = qcdq.trained
         node = 0
         views = trained.cached.partition.views(trained.data.test_x[:args.views])[node]
         exponent = qcdq.manifest["nodes"][node]["code_exponent"]

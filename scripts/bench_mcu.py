@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.results import ResultsStore
+from harness.store.results import ResultsStore
 from harness.run import RunOptions, run_experiment
 from quant_models.experiment import load_experiment
 

@@ -1,14 +1,18 @@
-"""Small real trainings shared by the model tests (real MNIST, real Brevitas, real onnxruntime)."""
+"""Small real trainings shared by the model and emulated tests (real MNIST, real Brevitas, real
+onnxruntime). torch is imported only when a test asks for a model, so unit tests never load it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from quant_models.experiment import Experiment, parse_experiment
-from quant_models.export import ExportResult
-from quant_models.pipeline import TrainedModel, export_trained, get_trained_model
+
+if TYPE_CHECKING:
+    from quant_models.export import ExportResult
+    from quant_models.pipeline import TrainedModel
 
 
 @dataclass
@@ -38,6 +42,8 @@ def exported(tmp_path_factory):
     def get(bits, scheme="ours", values=64, samples=1500) -> Exported:
         key = (bits, scheme, values, samples)
         if key not in made:
+            from quant_models.pipeline import export_trained, get_trained_model
+
             exp = small_experiment(bits, scheme, values, samples)
             trained = get_trained_model(exp)
             out = tmp_path_factory.mktemp(f"export-{scheme}-{bits}")

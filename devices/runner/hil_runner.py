@@ -244,6 +244,8 @@ class Model:
         np = self._np
         if self.role == "gateway":
             return values.astype(np.float32)
+        if self.code_exponent is None:  # __init__ requires it for role "node"
+            raise RunnerError(f"role {self.role!r} has no code exponent to turn values into codes")
         codes = np.rint(values.astype(np.float64) / 2.0 ** self.code_exponent)
         if codes.size and (codes.min() < 0 or codes.max() > 255):
             raise RunnerError(f"codes out of the uint8 range: [{codes.min()}, {codes.max()}]")

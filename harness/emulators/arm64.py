@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Iterator
 
 from harness.emulators.sshd import generate_key
-from harness.errors import DeviceError
-from harness.paths import REPO_ROOT, cache_root
+from harness.core.errors import DeviceError
+from harness.core.paths import EMULATOR_ASSETS, REPO_ROOT, cache_root
 from harness.transports.ssh import SshEndpoint
 from harness.emulators import Launched, StderrLog, spawn
 
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-arm64-rootfs.sh"
-PI_CPUINFO = REPO_ROOT / "devices" / "emulators" / "rpi4-cpuinfo.txt"
+PI_CPUINFO = EMULATOR_ASSETS / "rpi4-cpuinfo.txt"
 READY_STAMP = ".hilbench-ready"
 QEMU_CPU = "cortex-a72"
 USER = "pi"
@@ -250,7 +250,7 @@ class Arm64Device(Launched):
     def stop(self) -> None:
         """Stop every process in the namespace, delete it and the files; safe to call twice."""
         if self.netns is not None:
-            self._kill_namespace_processes()
+            self._kill_namespace_processes(self.netns)
         if self._process is not None:
             try:
                 self._process.wait(timeout=STOP_TIMEOUT_SECONDS)
@@ -273,11 +273,11 @@ class Arm64Device(Launched):
                 shutil.rmtree(path, ignore_errors=True)
         self._instance_dir = self.directory = None
 
-    def _kill_namespace_processes(self) -> None:
+    def _kill_namespace_processes(self, netns: str) -> None:
         """Every process in our namespace is one this launcher started (sshd, its sessions,
         runners): SIGTERM them by pid, then SIGKILL what is left."""
         for sig, wait in ((15, STOP_TIMEOUT_SECONDS), (9, 2.0)):
-            pids = self._namespace_pids()
+            pids = _namespace_pids(netns)
             for pid in pids:
                 try:
                     os.kill(pid, sig)
@@ -287,14 +287,10 @@ class Arm64Device(Launched):
             while pids and time.monotonic() < deadline:
                 if self._process is not None:
                     self._process.poll()  # reap our direct child
-                pids = self._namespace_pids()
+                pids = _namespace_pids(netns)
                 time.sleep(0.05)
             if not pids:
                 return
-
-    def _namespace_pids(self) -> list[int]:
-        result = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True, timeout=30)
-        return [int(p) for p in result.stdout.split() if p.isdigit()]
 
     # -- state -------------------------------------------------------------------------------
 
@@ -313,3 +309,8 @@ def arm64_device(device: str = "rpi4-qemu") -> Iterator[Arm64Device]:
     """A started :class:`Arm64Device`; ``.endpoint`` has address, user, key and known_hosts."""
     with Arm64Device(device=device) as emulator:
         yield emulator
+
+
+def _namespace_pids(netns: str) -> list[int]:
+    result = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, timeout=30)
+    return [int(p) for p in result.stdout.split() if p.isdigit()]

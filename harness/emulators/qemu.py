@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from harness.errors import DeviceError
+from harness.core.errors import DeviceError
 from harness.emulators import Launched, StderrLog, spawn
 
 QEMU_BINARY = "qemu-system-arm"

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from harness.errors import DeviceError
+from harness.core.errors import DeviceError
 from harness.transports.ssh import SshEndpoint
 from harness.emulators import Launched, StderrLog, spawn
 
@@ -122,6 +122,7 @@ class LoopbackSshd(Launched):
             if "Address already in use" not in log or attempt == PORT_ATTEMPTS:
                 raise DeviceError(f"{self.device}: sshd did not start on {HOST}:{port}; its log:\n"
                                   f"{log.strip() or '(empty)'}")
+        assert self.port is not None  # set by the loop above, which raises if no port worked
         key_type, key_data = self._host_key_line.split()[:2]
         (d / "known_hosts").write_text(f"[{HOST}]:{self.port} {key_type} {key_data}\n")
         self._endpoint = SshEndpoint(device=self.device, host=HOST, port=self.port, user=self.user,

@@ -1,7 +1,7 @@
 """Byte links to devices that move whole frames, chosen by URL scheme.
 
 A transport knows only the frame delimiter (0x00): it writes encoded frames and hands back the
-bytes between delimiters. What a frame means is :mod:`harness.protocol`'s business, and
+bytes between delimiters. What a frame means is :mod:`harness.targets.mcu.protocol`'s business, and
 retrying is the target's. Transports count every byte they move, framing included, so the
 harness can report wire bytes per inference.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Callable, Protocol
 from urllib.parse import urlsplit
 
-from harness.errors import ConfigError
-from harness.registry import Registry
+from harness.core.errors import ConfigError
+from harness.core.registry import Registry
 
 
 class Transport(Protocol):
@@ -45,7 +45,8 @@ class TransportRegistry(Registry[TransportFactory]):
     """Transport classes by URL scheme (``@TRANSPORTS.register("socket", ...)``)."""
 
     def __init__(self) -> None:
-        super().__init__("transport scheme", entry_point_group="hilbench.transports")
+        super().__init__("transport scheme", entry_point_group="hilbench.transports",
+                         builtin_modules=("harness.transports.serial",))
 
     def scheme_of(self, url: str) -> str:
         scheme = urlsplit(url).scheme
@@ -55,8 +56,6 @@ class TransportRegistry(Registry[TransportFactory]):
     def create(self, url: str, **options: object) -> Transport:
         """An unopened transport for ``url``; ConfigError if no transport handles its scheme."""
         scheme = self.scheme_of(url)
-        if scheme not in self:
-            self._load_entry_points()
         if scheme not in self:
             raise ConfigError(f"no transport for URL {url!r} (scheme {scheme!r}); known schemes: "
                               f"{', '.join(self.names())}")
@@ -71,7 +70,3 @@ def open_transport(url: str, **options: object) -> Transport:
     transport = TRANSPORTS.create(url, **options)
     transport.open()
     return transport
-
-
-# The built-in transports register themselves with TRANSPORTS when their module is imported.
-from harness.transports import serial as _serial  # noqa: E402,F401

@@ -10,7 +10,7 @@ import time
 
 import serial
 
-from harness.errors import DeviceError, ProtocolError
+from harness.core.errors import DeviceError, ProtocolError
 from harness.transports import TRANSPORTS
 
 DEFAULT_BAUDRATE = 115200

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from harness.errors import DeviceError
+from harness.core.errors import DeviceError
 
 log = logging.getLogger("hilbench.ssh")
 
@@ -251,8 +251,9 @@ class SshConnection:
             try:
                 done = await conn.run(line, check=False, timeout=timeout, encoding="utf-8", errors="replace")
             except asyncssh.TimeoutError as exc:
+                stderr = exc.stderr if isinstance(exc.stderr, str) else (exc.stderr or b"").decode(errors="replace")
                 raise DeviceError(f"{self.endpoint.where}: command timed out after {timeout:g} s: {line}\n"
-                                  f"{(exc.stderr or '').strip()}") from exc
+                                  f"{stderr.strip()}") from exc
             except (asyncssh.Error, OSError) as exc:
                 raise DeviceError(f"{self.endpoint.where}: connection lost running {line}: {exc}") from exc
             status = done.exit_status if done.exit_status is not None else -1

@@ -19,15 +19,14 @@ import pytest
 
 from harness.emulators.arm64 import EMULATION_LABEL, build_rootfs, rootfs_ready
 from harness.emulators.sshd import free_port, generate_key
-from harness.errors import DeviceError
-from harness.linux_deploy import LinuxAccess, deploy_linux_target, linux_device
-from harness.profiles import get_profile
-from harness.targets.linux_env import RunnerEnvSpec, ensure_runner_env
+from harness.core.errors import DeviceError
+from harness.targets.linux.deploy import LinuxAccess, deploy_linux_target, linux_device
+from harness.config.profiles import get_profile
+from harness.targets.linux.runner_env import RunnerEnvSpec, ensure_runner_env
 from harness.transports.ssh import SshConnection
 from quant_models import golden
-from quant_models.export import load_int_encoders
+from quant_models.manifest import load_int_encoders
 
-pytestmark = pytest.mark.emulated
 SAMPLES = 200
 QEMU_SAMPLES = 50
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3, with the venv module (python3-venv)

@@ -17,14 +17,13 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 
-from harness.boards import BOARDS
+from harness.config.boards import BOARDS
 from harness.emulators.qemu import ICOUNT_SHIFT, QemuNode, QemuNodeSpec, qemu_nodes
-from harness.errors import DeviceError
-from harness.firmware import FirmwareImage, build_firmware
-from harness.protocol import TimerKind
-from harness.targets.mcu import EMULATED_LABEL, DeviceWork, McuTarget
+from harness.core.errors import DeviceError
+from harness.targets.mcu.firmware import FirmwareImage, build_firmware
+from harness.targets.mcu.protocol import TimerKind
+from harness.targets.mcu.driver import EMULATED_LABEL, DeviceWork, McuTarget
 
-pytestmark = pytest.mark.emulated
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "firmware"
 MODEL_SOURCE = FIXTURES / "strided_sum_model.c"

@@ -5,13 +5,12 @@ from contextlib import ExitStack
 import numpy as np
 import pytest
 
-from harness.deploy import build_node_firmware, deploy_mcu_node, model_hash8
-from harness.errors import DeviceError
-from harness.profiles import get_profile
+from harness.targets.mcu.deploy import build_node_firmware, deploy_mcu_node, model_hash8
+from harness.core.errors import DeviceError
+from harness.config.profiles import get_profile
 from quant_models import golden
-from quant_models.export import load_int_encoders
+from quant_models.manifest import load_int_encoders
 
-pytestmark = pytest.mark.emulated
 SAMPLES = 200
 
 

@@ -4,10 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.paths import cache_root
-
 REPO = Path(__file__).resolve().parents[2]
-CACHE = cache_root()  # read before pytester points HOME at a temp dir
 
 EXAMPLE = """
 import pytest
@@ -23,8 +20,8 @@ def test_plain():
 
 
 @pytest.fixture
-def example(pytester, monkeypatch):
-    monkeypatch.setenv("HILBENCH_CACHE", str(CACHE))  # datasets and firmware, as the user has them
+def example(pytester):
+    # the subprocess inherits the session's HILBENCH_CACHE and dataset inputs (see conftest.py)
     pytester.makepyfile(test_example=EXAMPLE)
     return pytester
 
@@ -35,7 +32,6 @@ def test_hardware_tests_are_skipped_without_a_device(example):
     result.stdout.fnmatch_lines(["*hil_hardware: no device given (use --hil-device NAME)*"])
 
 
-@pytest.mark.emulated
 def test_benchmark_runs_on_the_emulated_device_and_is_recorded(example, tmp_path):
     db = tmp_path / "plugin.sqlite"
     result = example.runpytest_subprocess(

@@ -10,7 +10,6 @@ import time
 import matplotlib.image
 import pytest
 
-pytestmark = pytest.mark.emulated
 
 SUMMARY_KEYS = {"run_id", "experiment", "samples", "accuracy", "golden_accuracy", "bitexact_rate",
                 "bits_per_inference", "payload_bytes_per_inference", "raw_bits_per_inference",

@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 
 from quant_models import golden
-from quant_models.export import load_int_encoders
+from quant_models.manifest import load_int_encoders
 from quant_models.packing import pack_codes, payload_bytes, unpack_codes
 from quant_models.training import views_as_tensors
 

@@ -1,22 +1,29 @@
 """Generated C compiled with the host gcc is bit-exact with the golden model (500 real images)."""
 import ctypes
+import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from quant_models import golden
-from quant_models.codegen import INCLUDE_DIRS, KERNEL_SOURCES, generate_model_c, write_model_c
-from quant_models.export import load_int_encoders
+from harness.core.paths import KERNEL_INCLUDE_DIRS, KERNEL_SOURCES
+from quant_models.codegen import generate_model_c, write_model_c
+from quant_models.intparams import IntEncoder
+from quant_models.manifest import load_int_encoders
 from quant_models.packing import payload_bytes
 
 SAMPLES = 500
+REPO = Path(__file__).resolve().parents[2]
 
 
 def build_host_library(model_c, out_dir):
     lib = out_dir / "libmodel.so"
     cmd = ["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
-           *[f"-I{d}" for d in INCLUDE_DIRS], str(model_c), *map(str, KERNEL_SOURCES), "-o", str(lib)]
+           *[f"-I{d}" for d in KERNEL_INCLUDE_DIRS], str(model_c), *map(str, KERNEL_SOURCES), "-o", str(lib)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return ctypes.CDLL(str(lib))
 
@@ -54,7 +61,25 @@ def test_model_info_carries_hash_shapes_and_macs(exported, tmp_path):
     assert info.macs == ienc.macs == 14 * 14 * 32 * 25 + 1568 * 16
 
 
-def test_generated_source_is_deterministic(exported):
-    ienc = load_int_encoders(exported(2).directory)[0]
-    assert generate_model_c(ienc) == generate_model_c(ienc)
-    assert ienc.sha256() in generate_model_c(ienc)
+def test_generated_source_depends_only_on_the_integer_parameters(exported, tmp_path):
+    """Firmware builds are cached by the generated source: it must be the same from the saved
+    parameters in another interpreter (other hash seed), and change with any one weight."""
+    params = exported(2).directory / "node0.int.json"
+    here = generate_model_c(IntEncoder.load(params))
+    code = ("import sys; from pathlib import Path; from quant_models.intparams import IntEncoder; from "
+            "quant_models.codegen import generate_model_c; sys.stdout.write(generate_model_c(IntEncoder.load("
+            "Path(sys.argv[1]))))")
+    there = subprocess.run([sys.executable, "-c", code, str(params)], capture_output=True, text=True,
+                           cwd=REPO, env={**os.environ, "PYTHONHASHSEED": "4242"})
+    assert there.returncode == 0, there.stderr
+    assert there.stdout == here
+
+    d = json.loads(params.read_text())
+    conv = next(op for op in d["ops"] if op["op"] == "conv")
+    w = conv["weight"]  # int8 values, flat
+    w[7] = w[7] + 1 if w[7] < 127 else w[7] - 1
+    (tmp_path / "changed.int.json").write_text(json.dumps(d))
+    changed = IntEncoder.load(tmp_path / "changed.int.json")
+    changed_c = generate_model_c(changed)
+    assert changed_c != here
+    assert changed.sha256() in changed_c and IntEncoder.load(params).sha256() not in changed_c

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from harness import bits as b
-from harness.errors import MeasurementError
+from harness.measure import bits as b
+from harness.core.errors import MeasurementError
 
 CODES = np.array([[0, 0], [0, 1], [1, 2], [1, 3]])  # q = 2
 

@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from harness.boards import BOARDS, BoardDescription, MemoryRegion
-from harness.errors import ConfigError
-from harness.registry import Registry
-from harness.protocol import TimerKind
+from harness.config.boards import BOARDS, BoardDescription, MemoryRegion
+from harness.core.errors import ConfigError
+from harness.core.registry import Registry
+from harness.targets.mcu.protocol import TimerKind
 
 _REGION = re.compile(r"(?P<name>FLASH|RAM)\s*\([a-z]+\)\s*:\s*ORIGIN\s*=\s*(?P<origin>0x[0-9A-Fa-f]+),\s*LENGTH\s*=\s*(?P<kib>\d+)K")
 

@@ -1,9 +1,11 @@
+import os
 import subprocess
 import sys
 
 
-def hilbench(*args):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=120)
+def hilbench(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
 
 
 def test_help_is_instant_and_lists_commands():
@@ -26,10 +28,22 @@ def test_malformed_experiment_names_the_file_and_line(tmp_path):
     assert proc.returncode == 2 and f"{bad}: malformed YAML at line" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_unknown_device_is_named(tmp_path):
-    proc = hilbench("run", "experiments/smoke.yaml", "--nodes-device", "no-such-board", "--db", str(tmp_path / "r.sqlite"))
+def test_unknown_device_is_named_before_anything_is_trained(tmp_path):
+    models = tmp_path / "models"
+    proc = hilbench("run", "experiments/paper-mnist.yaml", "--nodes-device", "no-such-board",
+                    "--db", str(tmp_path / "r.sqlite"), env={"HILBENCH_MODEL_CACHE": str(models)})
     assert proc.returncode == 2
     assert "unknown device 'no-such-board'; known: " in proc.stderr and "stm32f405-qemu" in proc.stderr
+    assert not models.exists() or not any(models.iterdir())
+
+
+def test_devices_list_shows_a_broken_profile_with_its_error(tmp_path):
+    (tmp_path / "half-done.yaml").write_text("name: half-done\nkind: mcu\n")
+    proc = hilbench("devices", "list", env={"HILBENCH_PROFILE_DIRS": str(tmp_path), "COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr
+    assert "stm32f405-qemu" in proc.stdout
+    line = next(line for line in proc.stdout.splitlines() if "half-done" in line)
+    assert "unusable" in line and "field 'emulated'" in proc.stdout
 
 
 def test_radio_airtime_json_and_unknown_radio():

@@ -3,7 +3,7 @@ import gzip
 import numpy as np
 import pytest
 
-from harness.errors import DatasetError
+from harness.core.errors import DatasetError
 from quant_models.datasets import load_dataset, stratified_split
 from quant_models.idx import parse_idx
 

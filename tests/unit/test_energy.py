@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness import energy as en
-from harness.errors import ConfigError, MeasurementError
+from harness.measure import energy as en
+from harness.core.errors import ConfigError, MeasurementError
 
 POWER = en.PowerFigures(active_mw=132.0, idle_mw=10.0, source="test figures")
 

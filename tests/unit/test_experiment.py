@@ -1,9 +1,8 @@
 import pytest
 
-from harness.errors import ConfigError, DatasetError
-from quant_models.datasets import load_dataset
+from harness.core.errors import ConfigError, DatasetError
+from quant_models.datasets import load_dataset, load_experiment_dataset
 from quant_models.experiment import load_experiment, parse_experiment
-from quant_models.pipeline import get_trained_model
 
 BASE = "name: t\ndataset: mnist\ncode: {values: 64, bits: 4}\n"
 
@@ -46,7 +45,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
 def test_c_not_divisible_by_nodes(tmp_path):
     path = _write(tmp_path, BASE.replace("values: 64", "values: 62"))
     with pytest.raises(ConfigError, match=r"exp.yaml: field 'code.values': C = 62 is not divisible by the 4 nodes"):
-        get_trained_model(load_experiment(path))
+        load_experiment(path).check_shape(4, 10)
 
 
 def test_fdml_code_length_must_be_nodes_times_classes(tmp_path):
@@ -60,7 +59,7 @@ def test_unknown_dataset_names_file_and_field(tmp_path):
     path = _write(tmp_path, BASE.replace("mnist", "cifar"))
     with pytest.raises(DatasetError, match=rf"{path}: field 'dataset': unknown dataset 'cifar'; known: "
                                            r"fashion-mnist, mnist, idx:PATH"):
-        get_trained_model(load_experiment(path))
+        load_experiment_dataset(load_experiment(path))
 
 
 def test_missing_data_package_says_how_to_install(monkeypatch, tmp_path):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.protocol import TimerKind
-from harness.targets.mcu import EMULATED_LABEL, ticks_to_work
+from harness.targets.mcu.protocol import TimerKind
+from harness.targets.mcu.driver import EMULATED_LABEL, ticks_to_work
 
 
 def test_emulated_ticks_are_instructions() -> None:

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from harness.errors import MeasurementError
-from harness.meters.ina219 import (HEADER, POLLER, INA219Meter, LocalCommandRunner, parse_poller_output,
+from harness.core.errors import MeasurementError
+from harness.measure.meters.ina219 import (HEADER, POLLER, INA219Meter, LocalCommandRunner, parse_poller_output,
                                    trace_from_poller)
-from harness.meters.windows import host_to_meter_spans, marker_windows, meter_energy, time_windows
+from harness.measure.meters.windows import host_to_meter_spans, marker_windows, meter_energy, time_windows
 
 VOLTS, IDLE_MA, ACTIVE_MA = 5.0, 100.0, 300.0
 T0_NS = 5_000_000_000

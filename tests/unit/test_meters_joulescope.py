@@ -16,9 +16,9 @@ else:
 import pyjls  # noqa: E402
 from joulescope.v1.stream_buffer import StreamBuffer  # noqa: E402
 
-from harness.errors import DeviceError, MeasurementError  # noqa: E402
-from harness.meters.joulescope import JoulescopeMeter, StreamCollector, read_jls  # noqa: E402
-from harness.meters.windows import marker_windows, meter_energy  # noqa: E402
+from harness.core.errors import DeviceError, MeasurementError  # noqa: E402
+from harness.measure.meters.joulescope import JoulescopeMeter, StreamCollector, read_jls  # noqa: E402
+from harness.measure.meters.windows import marker_windows, meter_energy  # noqa: E402
 
 BASE_RATE, RATE = 2_000_000, 1_000_000   # JS220: sample ids at 2 MHz, data decimated by 2 to 1 MS/s
 IDLE_A, ACTIVE_A, VOLTS = 0.002, 0.030, 3.3

@@ -1,5 +1,5 @@
 """The PPK2 driver through ppk2-api's real code, on a pseudo-terminal that speaks the PPK2's
-serial protocol (harness.meters.ppk2_sim)."""
+serial protocol (harness.measure.meters.ppk2_sim)."""
 from __future__ import annotations
 
 import os
@@ -12,11 +12,11 @@ if os.environ.get("CI") == "true":
 else:
     pytest.importorskip("ppk2_api", reason="needs the 'meters' extra (ppk2-api)")
 
-from harness.errors import ConfigError, DeviceError  # noqa: E402
-from harness.meters import METERS  # noqa: E402
-from harness.meters.ppk2 import PPK2_SAMPLE_RATE_HZ, PPK2Meter  # noqa: E402
-from harness.meters.ppk2_sim import PPK2Simulator, current_lsb_a, encode_samples  # noqa: E402
-from harness.meters.windows import marker_windows, meter_energy, time_windows  # noqa: E402
+from harness.core.errors import ConfigError, DeviceError  # noqa: E402
+from harness.measure.meters import METERS  # noqa: E402
+from harness.measure.meters.ppk2 import PPK2_SAMPLE_RATE_HZ, PPK2Meter  # noqa: E402
+from harness.measure.meters.ppk2_sim import PPK2Simulator, current_lsb_a, encode_samples  # noqa: E402
+from harness.measure.meters.windows import marker_windows, meter_energy, time_windows  # noqa: E402
 
 MARKER_PIN = 3
 IDLE_A, ACTIVE_A, VOLTS = 0.005, 0.040, 3.0

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from harness.errors import ModelError
+from harness.core.errors import ModelError
 from quant_models.packing import pack_codes, payload_bytes, unpack_codes
 
 

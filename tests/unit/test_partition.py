@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from quant_models.partition import make_partition
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from harness.errors import ConfigError
-from harness.profiles import get_profile, load_profile, load_profiles
+from harness.core.errors import ConfigError
+from harness.config.profiles import get_profile, load_profile, load_profiles, scan_profiles
 
 GOOD = "name: {name}\nkind: mcu\nemulated: true\nboard: netduinoplus2\ndeploy: {{method: qemu}}\n"
 
@@ -41,5 +41,20 @@ def test_duplicate_names_across_directories(tmp_path):
     a.mkdir(), b.mkdir()
     for d in (a, b):
         (d / "dup.yaml").write_text(GOOD.format(name="dup"))
-    with pytest.raises(ConfigError, match="defined twice"):
-        load_profiles([a, b])
+    (a / "other.yaml").write_text(GOOD.format(name="other"))
+    assert set(load_profiles([a, b])) == {"other"}
+    with pytest.raises(ConfigError, match="defined twice") as err:
+        get_profile("dup", [a, b])
+    assert str(a / "dup.yaml") in str(err.value) and str(b / "dup.yaml") in str(err.value)
+
+
+def test_a_broken_file_makes_only_its_own_profile_unusable(tmp_path):
+    (tmp_path / "good.yaml").write_text(GOOD.format(name="good"))
+    (tmp_path / "bad.yaml").write_text("name: bad\nkind: [\n")
+    assert get_profile("good", [tmp_path]).name == "good"
+    with pytest.raises(ConfigError, match=r"bad.yaml: malformed YAML at line"):
+        get_profile("bad", [tmp_path])
+    with pytest.raises(ConfigError, match=r"unknown device 'nosuch'; known: good; unusable: bad"):
+        get_profile("nosuch", [tmp_path])
+    scanned = scan_profiles([tmp_path])
+    assert set(scanned.usable) == {"good"} and "malformed YAML" in str(scanned.unusable["bad"])

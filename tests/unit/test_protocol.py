@@ -1,4 +1,4 @@
-"""Framing, CRC and message round trips of harness.protocol, against hand-made vectors."""
+"""Framing, CRC and message round trips of harness.targets.mcu.protocol, against hand-made vectors."""
 from __future__ import annotations
 
 import random
@@ -6,8 +6,8 @@ import zlib
 
 import pytest
 
-from harness.errors import ProtocolError
-from harness.protocol import (
+from harness.core.errors import ProtocolError
+from harness.targets.mcu.protocol import (
     ErrorReply,
     Frame,
     Hello,

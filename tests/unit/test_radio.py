@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.registry import Registry
+from harness.core.registry import Registry
 
-from harness import radio
-from harness.errors import ConfigError
-from harness.radio_profiles import (RADIO_MODELS, LoRaWANModel, airtime_report,
+from harness.measure import radio_formulas as radio
+from harness.core.errors import ConfigError
+from harness.measure.radio_models import (RADIO_MODELS, LoRaWANModel, airtime_report,
                                     get_radio_profile, load_radio_profile, load_radio_profiles)
 
 
@@ -197,8 +197,9 @@ def test_duplicate_profiles_and_registrations_are_refused(tmp_path):
     src = Path(__file__).parents[2] / "devices" / "radios" / "ble-1m.yaml"
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "ble-1m.yaml").write_text(src.read_text())
+    assert "ble-1m" not in load_radio_profiles([src.parent, tmp_path / "a"])
     with pytest.raises(ConfigError, match="defined twice"):
-        load_radio_profiles([src.parent, tmp_path / "a"])
+        get_radio_profile("ble-1m", [src.parent, tmp_path / "a"])
     class Impostor(LoRaWANModel):
         name = "lorawan"
 

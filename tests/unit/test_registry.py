@@ -1,7 +1,7 @@
 import pytest
 
-from harness.errors import ConfigError
-from harness.registry import Registry
+from harness.core.errors import ConfigError
+from harness.core.registry import Registry
 
 
 def test_three_ways_to_register_and_clear_errors():

@@ -1,4 +1,4 @@
-from harness.results import ResultsStore
+from harness.store.results import ResultsStore
 
 
 def _row(run_id, node, sample, code=b"\x01"):
@@ -24,7 +24,7 @@ def test_rows_are_unique_per_node_and_sample_and_resumable(tmp_path):
 def test_stored_codes_unpack_one_node_in_sample_order(tmp_path):
     import numpy as np
 
-    from harness.results import stored_codes
+    from harness.store.results import stored_codes
 
     store = ResultsStore(tmp_path / "r.sqlite")
     run_id = store.create_run(experiment="e", experiment_hash="h", run_key="k", model_hash="m", samples=2,

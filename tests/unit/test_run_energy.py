@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from harness.energy import ComputeTime
-from harness.meters.windows import MeterEnergy
-from harness.radio_profiles import get_radio_profile
-from harness.run_energy import energy_report
+from harness.measure.energy import ComputeTime
+from harness.measure.meters.windows import MeterEnergy
+from harness.measure.radio_models import get_radio_profile
+from harness.measure.run_costs import energy_report
 
 POWER = {"active_mw": 132.0, "idle_mw": 10.0, "source": "test figures"}
 TIME = ComputeTime.from_instructions(1_680_000, 168e6)          # 10 ms, modelled

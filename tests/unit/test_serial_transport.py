@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import ConfigError, ProtocolError
-from harness.protocol import Ping, decode_message, encode_message
+from harness.core.errors import ConfigError, ProtocolError
+from harness.targets.mcu.protocol import Ping, decode_message, encode_message
 from harness.transports import TRANSPORTS, open_transport
 from harness.transports.serial import SerialTransport
 

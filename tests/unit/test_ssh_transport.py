@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import DeviceError
-from harness.targets.linux_env import DevicePython, RunnerEnvSpec, host_pip_download_command
+from harness.core.errors import DeviceError
+from harness.targets.linux.runner_env import DevicePython, RunnerEnvSpec, host_pip_download_command
 from harness.transports.ssh import SshConnection, SshEndpoint, command_line
 
 NASTY = ["/opt/my venv/bin/python", "it's", 'say "hi"', "$(rm -rf ~)", "a;b|c&d", "*", "", "new\nline"]

@@ -1,7 +1,7 @@
 """Worst-case stack from a hand-written GCC call graph (-fcallgraph-info=su format)."""
 from __future__ import annotations
 
-from harness.stack_usage import EXCEPTION_FRAME_BYTES, EXCEPTION_FRAME_FPU_BYTES, estimate_stack, parse_callgraph
+from harness.targets.mcu.stack_usage import EXCEPTION_FRAME_BYTES, EXCEPTION_FRAME_FPU_BYTES, estimate_stack, parse_callgraph
 
 CALLGRAPH = r'''graph: { title: "main.c"
 node: { title: "Reset_Handler" label: "Reset_Handler\nstartup.c:60:6\n8 bytes (static)" }

@@ -1,7 +1,7 @@
 import pytest
 
-from harness.errors import MeasurementError
-from harness.stats import distribution, percentile
+from harness.core.errors import MeasurementError
+from harness.measure.stats import distribution, percentile
 
 
 def test_five_numbers_by_hand():

@@ -1,7 +1,7 @@
 /*
  * Node firmware main loop: announce HELLO, then answer HELLO / PING / INFER requests forever.
  *
- * Build-time settings (harness/firmware.py passes the first two):
+ * Build-time settings (harness/targets/mcu/firmware.py passes the first two):
  *   HIL_NODE_ID           node id reported in HELLO (default 0)
  *   HIL_MAX_INPUT_BYTES   largest model input the receive buffer holds (default 4096)
  *   HIL_MAX_CODE_BYTES    largest packed code the reply buffer holds (default 256)

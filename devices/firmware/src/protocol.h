@@ -1,5 +1,5 @@
 /*
- * Device side of the hilbench frame protocol (the host side is harness/protocol.py).
+ * Device side of the hilbench frame protocol (the host side is harness/targets/mcu/protocol.py).
  *
  * Wire format: COBS(body) 0x00, body = type (u8) | seq (u16 LE) | payload | CRC-32 (u32 LE),
  * CRC-32 = IEEE 802.3 (zlib.crc32) over type, seq and payload. Replies echo the request's seq.

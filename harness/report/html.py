@@ -1,0 +1,76 @@
+"""A self-contained HTML report from runs in the results store: run and node tables, the
+figures of :mod:`harness.report.figures` embedded as base64 so the HTML stands alone, and the
+run summaries as JSON."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from harness.core.errors import HilbenchError
+from harness.report.figures import accuracy_vs_bits, bits_and_bytes, energy_per_inference, latency_distributions
+from harness.store.results import ResultsStore
+
+
+def _run_table(summaries: list[dict]) -> str:
+    head = ("run", "experiment", "samples", "accuracy", "golden accuracy", "bit-exact", "bits/inf", "payload B/inf",
+            "raw bits/inf", "link B/inf", "emulated", "gateway")
+    rows = [(s["run_id"], s["experiment"], s["samples"], f"{s['accuracy']:.4f}", f"{s['golden_accuracy']:.4f}",
+             f"{s['bitexact_rate']:.4f}", s["bits_per_inference"], s["payload_bytes_per_inference"],
+             s["raw_bits_per_inference"], f"{s['wire_bytes_per_inference']:.0f}", "yes" if s["emulated"] else "no",
+             s["gateway"]) for s in summaries]
+    return _html_table(head, rows)
+
+
+def _node_table(summaries: list[dict]) -> str:
+    head = ("run", "node", "device", "latency p50", "p90", "p99", "unit", "basis", "host RTT p50 (ms)",
+            "MACs", "flash B", "RAM B", "retries")
+    rows = []
+    for s in summaries:
+        for n in s["nodes"]:
+            lat = n["latency"]
+            rows.append((s["run_id"], n["node"], n["device"], f"{lat['p50']:,.1f}", f"{lat['p90']:,.1f}",
+                         f"{lat['p99']:,.1f}", lat["unit"], lat["basis"], f"{n['host_round_trip_ms']['p50']:.2f}",
+                         n["macs_per_inference"], n["flash_bytes"], n["ram_bytes"], n["retries"]))
+    return _html_table(head, rows)
+
+
+def _html_table(head, rows) -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(store: ResultsStore, run_ids: list[str] | None, out: Path) -> Path:
+    """Figures and ``report.html`` for the given runs (default: every complete run)."""
+    runs = store.runs()
+    complete = runs[runs.status == "complete"]
+    ids = run_ids or list(complete.run_id)
+    if not ids:
+        raise HilbenchError(f"{store.path}: no complete runs to report (run `hilbench run EXPERIMENT` first)")
+    summaries = []
+    for run_id in ids:
+        run = store.run(run_id)
+        if run["summary"] is None:
+            raise HilbenchError(f"run {run_id} is {run['status']}: no summary to report (run it again to resume)")
+        summaries.append(run["summary"])
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = [accuracy_vs_bits(summaries, out), latency_distributions(store, summaries, out),
+             bits_and_bytes(summaries, out), energy_per_inference(summaries, out)]
+    figures = [f for f in drawn if f is not None]
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>hilbench report</title><style>",
+             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px}figure{margin:2em 0}figcaption{font-size:13px;color:#333}",
+             "</style></head><body><h1>hilbench report</h1>",
+             f"<p>Database: {html.escape(str(store.path))}. Runs: {len(summaries)}.</p>",
+             "<h2>Runs</h2>", _run_table(summaries), "<h2>Nodes</h2>", _node_table(summaries)]
+    for fig in figures:
+        data = base64.b64encode(fig.path.read_bytes()).decode()
+        parts.append(f"<figure><h2>{html.escape(fig.title)}</h2><img src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
+    parts.append("<h2>Run summaries (JSON)</h2><pre>" + html.escape(json.dumps(summaries, indent=1)) + "</pre>")
+    parts.append("</body></html>")
+    report = out / "report.html"
+    report.write_text("\n".join(parts))
+    return report

@@ -1,0 +1,291 @@
+"""Host side of a Linux device (Raspberry Pi or stand-in): deploy a model, run it in batches.
+
+Deploy: make sure the device has a python with onnxruntime and numpy
+(:mod:`harness.targets.linux.runner_env`, unless the device brings one), upload the runner
+(``devices/runner/hil_runner.py``) and the ONNX model with SFTP under content-addressed names,
+and start the runner once. Every batch then goes over that one long-lived SSH session: the
+device times each inference with its monotonic clock (``time.perf_counter_ns``), the host times
+each batch's round trip separately.
+
+Two roles: a *node* runs its encoder on uint8 views and returns integer codes (the host packs
+them with :func:`quant_models.packing.pack_codes`, as a node would before radioing them); the
+*gateway* runs the head on all nodes' codes and returns logits. The runner converts inputs and
+outputs exactly as the harness does (``pixel / 256`` in, ``round(value / 2**code_exponent)``
+out), so a Linux node's codes are comparable bit for bit with the golden model's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from devices.runner import hil_runner as wire
+from harness.core.errors import DeviceError, ProtocolError
+from harness.core.paths import RUNNER_SOURCE
+from harness.targets.linux.runner_env import RunnerEnvSpec, ensure_runner_env
+from harness.transports.ssh import RemoteProcess, SshConnection
+
+Role = Literal["node", "gateway"]
+DEFAULT_BATCH_SIZE = 256
+
+
+class EncodeResult(NamedTuple):
+    """A node's answer for a set of views."""
+
+    codes: np.ndarray  # uint8 [B, k]: integer codes, in order
+    device_ns: np.ndarray  # int64 [B]: each inference on the device's monotonic clock
+    round_trip_s: np.ndarray  # float64 [batches]: host wall time per batch, send to reply
+
+    def packed(self, bits: int) -> np.ndarray:
+        """The bytes the node transmits per view (see :mod:`quant_models.packing`)."""
+        from quant_models.packing import pack_codes
+
+        return pack_codes(self.codes, bits)
+
+
+class ClassifyResult(NamedTuple):
+    """The gateway's answer for a set of code vectors."""
+
+    logits: np.ndarray  # float32 [B, classes]
+    device_ns: np.ndarray  # int64 [B]
+    round_trip_s: np.ndarray  # float64 [batches]
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the device is and what the runner used; ``timing_basis`` labels its latencies."""
+
+    device: str
+    cpu_model: str
+    governor: str
+    peak_rss_bytes: int
+    machine: str
+    python: str
+    onnxruntime: str
+    numpy: str
+    emulated: bool
+    timing_basis: str
+    model_load_ns: int
+    inferences: int
+
+
+class LinuxTarget:
+    """One model on one Linux device over SSH, served by one long-lived runner process."""
+
+    def __init__(
+        self,
+        connection: SshConnection,
+        model_path: Path,
+        role: Role,
+        *,
+        python: str | None = None,
+        env: RunnerEnvSpec | None = None,
+        workdir: str = "hilbench",
+        code_exponent: int | None = None,
+        view_shape: tuple[int, int] | None = None,
+        emulated: bool = False,
+        timing_basis: str = "measured on the device (time.perf_counter_ns around each inference)",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        startup_timeout_s: float = 120.0,
+        reply_timeout_s: float = 120.0,
+        threads: int = 1,
+    ) -> None:
+        """``python``: a device interpreter that already has onnxruntime and numpy (None:
+        provision a venv as ``env`` says). ``workdir``: device directory for the runner and models
+        (relative to the login user's home, or absolute). ``code_exponent``: required for the
+        node role (the manifest's value). ``view_shape``: if given, views are checked against it."""
+        if role not in ("node", "gateway"):
+            raise DeviceError(f"unknown role {role!r}: a Linux device is a 'node' or the 'gateway'")
+        if role == "node" and code_exponent is None:
+            raise DeviceError("the node role needs code_exponent (the manifest's 'code_exponent' of the node)")
+        if batch_size < 1:
+            raise DeviceError(f"batch_size must be >= 1, not {batch_size}")
+        self.connection = connection
+        self.model_path = Path(model_path)
+        self.role: Role = role
+        self.python = python
+        self.env = env or RunnerEnvSpec()
+        self.workdir = workdir.rstrip("/") or "/"
+        self.code_exponent = code_exponent
+        self.view_shape = tuple(view_shape) if view_shape is not None else None
+        self.emulated = emulated
+        self.timing_basis = timing_basis
+        self.batch_size = batch_size
+        self.startup_timeout_s = startup_timeout_s
+        self.reply_timeout_s = reply_timeout_s
+        self.threads = threads
+        self._process: RemoteProcess | None = None
+        self._hello: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return self.connection.endpoint.device
+
+    @property
+    def where(self) -> str:
+        return self.connection.endpoint.where
+
+    # -- deploy ------------------------------------------------------------------------------
+
+    def deploy(self) -> dict:
+        """Provision python if needed, upload runner and model, start the runner; its HELLO."""
+        if not self.model_path.is_file():
+            raise DeviceError(f"{self.where}: model {self.model_path} does not exist")
+        python = self.python or ensure_runner_env(self.connection, self.env)
+        runner_remote = self._upload_content_addressed(RUNNER_SOURCE, "runner", "hil_runner")
+        model_remote = self._upload_content_addressed(self.model_path, "models", "model")
+        argv = [python, runner_remote, "--model", model_remote, "--role", self.role, "--threads", str(self.threads)]
+        if self.role == "node":
+            argv += ["--code-exponent", str(self.code_exponent)]
+        self._process = self.connection.start_process(argv)
+        try:
+            self._hello = self._read_hello()
+        except BaseException:
+            self.close()
+            raise
+        return self._hello
+
+    def _upload_content_addressed(self, local: Path, subdir: str, stem: str) -> str:
+        """Upload ``local`` as WORKDIR/SUBDIR/STEM-<sha256 prefix><suffix> unless already there:
+        several targets can share a device without overwriting each other's files."""
+        digest = hashlib.sha256(local.read_bytes()).hexdigest()[:16]
+        remote = f"{self.workdir}/{subdir}/{stem}-{digest}{local.suffix}"
+        if not self.connection.exists(remote):
+            self.connection.upload(local, remote)
+        return remote
+
+    def _read_hello(self) -> dict:
+        assert self._process is not None
+        kind, payload = self._split(self._process.read_frame(self.startup_timeout_s), "HELLO")
+        if kind == wire.ERROR:
+            status = self._process.close()  # waits for the exit, so stderr is complete
+            raise DeviceError(f"{self.where}: the runner failed to start (exit status {status}): "
+                              f"{payload.decode('utf-8', 'replace')}\n"
+                              f"its stderr:\n{self._process.stderr_text.strip() or '(empty)'}")
+        if kind != wire.HELLO:
+            raise ProtocolError(f"{self.where}: the runner's first message has type {kind:#04x}, not HELLO")
+        hello = json.loads(payload)
+        if hello.get("protocol") != wire.PROTOCOL_VERSION:
+            raise DeviceError(f"{self.where}: the runner speaks protocol {hello.get('protocol')}, the host "
+                              f"{wire.PROTOCOL_VERSION}: redeploy it")
+        expected = hashlib.sha256(self.model_path.read_bytes()).hexdigest()
+        if hello.get("model_sha256") != expected:
+            raise DeviceError(f"{self.where}: the runner loaded model {hello.get('model_sha256')}, expected "
+                              f"{expected} ({self.model_path}): refusing to benchmark another model")
+        return hello
+
+    @property
+    def hello(self) -> dict:
+        """The runner's HELLO: versions, model hash and shapes, cpu model, governor, load time."""
+        if self._hello is None:
+            raise DeviceError(f"{self.where}: the runner is not started (call deploy())")
+        return self._hello
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def encode(self, views: np.ndarray) -> EncodeResult:
+        """Node role: integer codes of uint8 views [B, h, w], device ns per inference, and the
+        host round trip of each batch."""
+        if self.role != "node":
+            raise DeviceError(f"{self.where} runs the head (gateway role); encode() needs a node")
+        views = np.asarray(views)
+        if views.dtype != np.uint8 or views.ndim != 3:
+            raise DeviceError(f"{self.where}: views must be uint8 [B, h, w], got {views.dtype} {list(views.shape)}")
+        if self.view_shape is not None and tuple(views.shape[1:]) != self.view_shape:
+            raise DeviceError(f"{self.where}: the node's model takes {self.view_shape} views, got "
+                              f"{tuple(views.shape[1:])}")
+        codes, device_ns, rtt = self._run_batches(views)
+        return EncodeResult(codes.astype(np.uint8, copy=False), device_ns, rtt)
+
+    def classify(self, codes: np.ndarray) -> ClassifyResult:
+        """Gateway role: logits for integer codes [B, C] (all nodes' codes in node order)."""
+        if self.role != "gateway":
+            raise DeviceError(f"{self.where} runs a node encoder; classify() needs the gateway")
+        codes = np.asarray(codes)
+        if codes.ndim != 2:
+            raise DeviceError(f"{self.where}: codes must be [B, C], got {list(codes.shape)}")
+        if codes.dtype != np.float32:
+            if codes.size and (codes.min() < 0 or codes.max() > 255):
+                raise DeviceError(f"{self.where}: integer codes must be in 0..255")
+            codes = codes.astype(np.uint8)  # the smallest exact form on the wire
+        logits, device_ns, rtt = self._run_batches(codes)
+        return ClassifyResult(logits.astype(np.float32, copy=False), device_ns, rtt)
+
+    def _run_batches(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        process = self._require()
+        outputs, timings, round_trips = [], [], []
+        for start in range(0, len(inputs), self.batch_size):
+            batch = inputs[start:start + self.batch_size]
+            frame = wire.encode_frame(wire.INFER, wire.encode_array(batch))
+            started = time.perf_counter()
+            body = process.exchange(frame, self.reply_timeout_s)
+            round_trips.append(time.perf_counter() - started)
+            kind, payload = self._split(body, "RESULT")
+            if kind == wire.ERROR:
+                raise DeviceError(f"{self.where}: the runner refused a batch: {payload.decode('utf-8', 'replace')}")
+            if kind != wire.RESULT:
+                raise ProtocolError(f"{self.where}: expected RESULT, got message type {kind:#04x}")
+            try:
+                out, end = wire.decode_array(payload)
+                ns, end = wire.decode_array(payload, end)
+            except wire.RunnerError as exc:
+                raise ProtocolError(f"{self.where}: malformed RESULT: {exc}") from exc
+            if end != len(payload) or len(out) != len(batch) or ns.shape != (len(batch),):
+                raise ProtocolError(f"{self.where}: RESULT for {len(batch)} inputs has outputs {list(out.shape)} "
+                                    f"and timings {list(ns.shape)}")
+            outputs.append(out)
+            timings.append(ns.astype(np.int64, copy=False))
+        if not outputs:
+            raise DeviceError(f"{self.where}: nothing to run (empty input)")
+        return np.concatenate(outputs), np.concatenate(timings), np.asarray(round_trips, dtype=np.float64)
+
+    def info(self) -> DeviceInfo:
+        """CPU model, governor, the runner's peak RSS so far, versions, and the timing basis."""
+        process = self._require()
+        hello = self.hello
+        kind, payload = self._split(process.exchange(wire.encode_frame(wire.INFO), self.reply_timeout_s), "INFO")
+        if kind != wire.INFO:
+            raise ProtocolError(f"{self.where}: expected INFO, got message type {kind:#04x}")
+        facts = json.loads(payload)
+        return DeviceInfo(device=self.name, cpu_model=facts["cpu_model"], governor=facts["governor"],
+                          peak_rss_bytes=int(facts["peak_rss_bytes"]), machine=hello["machine"],
+                          python=hello["python"], onnxruntime=hello["onnxruntime"], numpy=hello["numpy"],
+                          emulated=self.emulated, timing_basis=self.timing_basis,
+                          model_load_ns=int(hello["load_ns"]), inferences=int(facts["inferences"]))
+
+    def _split(self, body: bytes, expecting: str) -> tuple[int, bytes]:
+        if not body:
+            raise ProtocolError(f"{self.where}: empty frame where {expecting} was expected")
+        return body[0], body[1:]
+
+    def _require(self) -> RemoteProcess:
+        if self._process is None:
+            raise DeviceError(f"{self.where}: the runner is not started (call deploy())")
+        return self._process
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Ask the runner to quit and wait for it; safe to call more than once."""
+        process, self._process = self._process, None
+        if process is not None:
+            try:
+                process.close(wire.encode_frame(wire.QUIT))
+            except DeviceError:
+                pass
+
+    def __enter__(self) -> "LinuxTarget":
+        self.deploy()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

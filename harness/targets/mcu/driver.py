@@ -1,0 +1,352 @@
+"""Host side of a microcontroller node: handshake, model-hash check, PING and INFER with retries.
+
+The same class drives a real board (``/dev/ttyACM0``, ``rfc2217://``) and an emulated one
+(``socket://`` to QEMU); only the tick conversion differs, and it is told which applies. The
+device's reply to each request echoes the request's sequence number; every attempt gets a new
+one, so a late reply to an earlier attempt is recognised and skipped, never taken for the
+current one. A corrupted or lost frame in either direction costs one bounded retry; INFER is a
+pure function of its input, so repeating it is safe.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TypeVar
+
+from harness.core.errors import DeviceError, ProtocolError
+from harness.targets.mcu.protocol import (
+    PROTOCOL_VERSION,
+    AnyMessage,
+    ErrorCode,
+    ErrorReply,
+    Hello,
+    HelloRequest,
+    Infer,
+    InferReply,
+    Ping,
+    Pong,
+    TimerKind,
+    decode_message,
+    encode_message,
+)
+from harness.transports import Transport, TRANSPORTS
+
+DEFAULT_REPLY_TIMEOUT_SECONDS = 2.0
+DEFAULT_BANNER_TIMEOUT_SECONDS = 2.0
+DEFAULT_MAX_RETRIES = 3
+FIRST_REQUEST_SEQ = 1  # seq 0 is the device's boot banner, 0xFFFF its "unknown seq"
+LAST_REQUEST_SEQ = 0xFFFE
+RESYNC = b"\x00"  # a bare delimiter ends any partial frame the device holds; it ignores empties
+
+
+ReplyT = TypeVar("ReplyT", Hello, Pong, InferReply)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tick conversion (pure)
+# ---------------------------------------------------------------------------------------------
+
+EMULATED_LABEL = "instructions (emulated, not cycles)"
+
+
+@dataclass(frozen=True)
+class DeviceWork:
+    """Device timer ticks converted to what they measure, with an honest label."""
+
+    ticks: int
+    count: float  # instructions (emulated) or CPU cycles (real board)
+    unit: str  # "instructions" or "cycles"
+    label: str  # shown next to the figure in results
+    emulated: bool
+    microseconds: float | None  # real boards only: emulated virtual time is no board's time
+    resolution: float  # count per tick: the quantisation of ``count``
+
+
+def ticks_to_work(
+    ticks: int, *, timer_hz: int, clock_hz: int, timer_kind: TimerKind, icount_shift: int | None
+) -> DeviceWork:
+    """Convert device ticks.
+
+    Emulated (``icount_shift`` given): QEMU's virtual clock advances 2**shift ns per executed
+    instruction and the timer ticks ``timer_hz`` times per virtual second, so
+    instructions = ticks * 1e9 / (timer_hz * 2**shift), exactly; the result is quantised to one
+    tick, i.e. 1e9 / (timer_hz * 2**shift) instructions.
+    Real board: cycles = ticks * clock_hz / timer_hz (DWT: ticks are cycles), and the time is
+    ticks / timer_hz.
+    """
+    if icount_shift is not None:
+        per_tick = Fraction(10**9, timer_hz * 2**icount_shift)
+        return DeviceWork(
+            ticks=ticks, count=float(ticks * per_tick), unit="instructions", label=EMULATED_LABEL,
+            emulated=True, microseconds=None, resolution=float(per_tick),
+        )
+    per_tick = Fraction(clock_hz, timer_hz)
+    source = "DWT CYCCNT" if timer_kind is TimerKind.DWT else timer_kind.name
+    return DeviceWork(
+        ticks=ticks, count=float(ticks * per_tick), unit="cycles", label=f"cycles ({source})",
+        emulated=False, microseconds=float(Fraction(ticks * 10**6, timer_hz)),
+        resolution=float(per_tick),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Target
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """One inference: packed code bytes and device ticks, plus what it cost on the link."""
+
+    code: bytes
+    ticks: int
+    attempts: int = 1  # 1 = no retry
+    round_trip_seconds: float = 0.0  # host wall time from first send to accepted reply
+    wire_bytes_sent: int = 0  # framing and retries included
+    wire_bytes_received: int = 0
+
+
+@dataclass
+class LinkStats:
+    """Running counts for one target's link, framing included."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    requests: int = 0
+    retries: int = 0
+    bad_frames: int = 0  # replies that failed COBS/CRC/length checks
+    timeouts: int = 0  # attempts with no reply in time
+    damaged_requests: int = 0  # device reported our request arrived corrupted
+    stale_replies: int = 0  # replies to earlier attempts, skipped
+
+
+class McuTarget:
+    """A Cortex-M node speaking the hilbench frame protocol over a transport URL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        expected_model_hash: bytes | None = None,
+        icount_shift: int | None = None,
+        reply_timeout: float = DEFAULT_REPLY_TIMEOUT_SECONDS,
+        banner_timeout: float = DEFAULT_BANNER_TIMEOUT_SECONDS,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        transport: Transport | None = None,
+    ) -> None:
+        """``icount_shift``: the QEMU -icount shift for an emulated board, None for a real one.
+
+        ``expected_model_hash``: the 8-byte model hash the firmware must report; None skips the
+        check (for tools that only inspect a device).
+        """
+        self.url = url
+        self.name = name or url
+        self.expected_model_hash = expected_model_hash
+        self.icount_shift = icount_shift
+        self.reply_timeout = reply_timeout
+        self.banner_timeout = banner_timeout
+        self.max_retries = max_retries
+        self._transport = transport if transport is not None else TRANSPORTS.create(url)
+        self._hello: Hello | None = None
+        self._next_seq = FIRST_REQUEST_SEQ
+        self._stats = LinkStats()
+
+    # -- connection --------------------------------------------------------------------------
+
+    def connect(self) -> Hello:
+        """Open the link, wait for the boot banner, ask HELLO, and check the firmware.
+
+        The STM32 UART model drops bytes that arrive before the firmware enables the UART, so
+        nothing is sent until the banner arrived or ``banner_timeout`` passed (a real board
+        that booted long ago sends no banner; it answers the HELLO request).
+        """
+        self._transport.open()
+        try:
+            self._await_banner()
+            self._transport.write_frame(RESYNC)
+            hello = self._exchange(HelloRequest(), Hello)[0]
+            self._check_firmware(hello)
+        except BaseException:
+            self._transport.close()
+            raise
+        self._hello = hello
+        return hello
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> "McuTarget":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _await_banner(self) -> Hello | None:
+        deadline = time.monotonic() + self.banner_timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            wire = self._transport.read_frame(remaining)
+            if wire is None:
+                break
+            try:
+                _, message = decode_message(wire)
+            except ProtocolError:
+                continue  # line noise before the firmware came up
+            if isinstance(message, Hello):
+                return message
+        return None
+
+    def _check_firmware(self, hello: Hello) -> None:
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise DeviceError(
+                f"device {self.name} ({self.url}) speaks protocol version {hello.protocol_version}, "
+                f"host speaks {PROTOCOL_VERSION}; rebuild and reflash the firmware"
+            )
+        if self.expected_model_hash is not None and hello.model_hash != self.expected_model_hash:
+            raise DeviceError(
+                f"device {self.name} ({self.url}, board {hello.board}) runs model "
+                f"{hello.model_hash.hex()}, expected {self.expected_model_hash.hex()}: refusing to "
+                "benchmark firmware built for a different model; rebuild and redeploy it"
+            )
+        if hello.input_bytes > hello.max_input_bytes:
+            raise DeviceError(
+                f"device {self.name} ({self.url}): the model takes {hello.input_bytes} input bytes "
+                f"but the firmware's receive buffer holds {hello.max_input_bytes}; rebuild it "
+                f"with build_firmware(..., max_input_bytes={hello.input_bytes})"
+            )
+        if self.icount_shift is not None and hello.timer_kind is TimerKind.DWT:
+            raise DeviceError(
+                f"device {self.name} ({self.url}) is emulated but times with DWT CYCCNT, which "
+                "QEMU does not implement (it reads 0); build emulated firmware with SysTick"
+            )
+
+    @property
+    def hello(self) -> Hello:
+        """The device's HELLO from :meth:`connect`."""
+        if self._hello is None:
+            raise DeviceError(f"device {self.name} ({self.url}) is not connected")
+        return self._hello
+
+    @property
+    def stats(self) -> LinkStats:
+        """Link counters, with byte counts taken from the transport (framing included)."""
+        self._stats.bytes_sent = self._transport.bytes_sent
+        self._stats.bytes_received = self._transport.bytes_received
+        return self._stats
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def ping(self, data: bytes = b"hilbench") -> float:
+        """Round trip of a PING carrying ``data``, in seconds; DeviceError if the echo differs."""
+        start = time.monotonic()
+        pong, _ = self._exchange(Ping(data), Pong)
+        elapsed = time.monotonic() - start
+        if pong.data != data:
+            raise DeviceError(f"device {self.name} ({self.url}) echoed {pong.data!r} to PING {data!r}")
+        return elapsed
+
+    def infer(self, input: bytes) -> InferResult:
+        """Run the node encoder on ``input``: packed code bytes and device timer ticks."""
+        hello = self.hello
+        if len(input) != hello.input_bytes:
+            raise DeviceError(
+                f"input of {len(input)} bytes for device {self.name}, whose model takes "
+                f"{hello.input_h}x{hello.input_w} = {hello.input_bytes} bytes"
+            )
+        sent, received = self._transport.bytes_sent, self._transport.bytes_received
+        start = time.monotonic()
+        reply, attempts = self._exchange(Infer(bytes(input)), InferReply)
+        elapsed = time.monotonic() - start
+        if len(reply.code) != hello.code_bytes:
+            raise ProtocolError(
+                f"device {self.name} ({self.url}) returned {len(reply.code)} code bytes, "
+                f"its HELLO says {hello.code_bytes}"
+            )
+        return InferResult(
+            code=reply.code,
+            ticks=reply.ticks,
+            attempts=attempts,
+            round_trip_seconds=elapsed,
+            wire_bytes_sent=self._transport.bytes_sent - sent,
+            wire_bytes_received=self._transport.bytes_received - received,
+        )
+
+    def work(self, ticks: int) -> DeviceWork:
+        """``ticks`` from this device as instructions (emulated) or cycles and time (real)."""
+        hello = self.hello
+        return ticks_to_work(
+            ticks, timer_hz=hello.timer_hz, clock_hz=hello.clock_hz,
+            timer_kind=hello.timer_kind, icount_shift=self.icount_shift,
+        )
+
+    def _new_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq = FIRST_REQUEST_SEQ if seq >= LAST_REQUEST_SEQ else seq + 1
+        return seq
+
+    def _exchange(self, request: AnyMessage, reply_type: type[ReplyT]) -> tuple[ReplyT, int]:
+        """Send ``request`` until a valid reply arrives; (reply, attempts). Bounded retries."""
+        self._stats.requests += 1
+        attempts = self.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                self._stats.retries += 1
+            seq = self._new_seq()
+            self._transport.write_frame(encode_message(request, seq))
+            reply = self._await_reply(seq, request, reply_type)
+            if reply is not None:
+                return reply, attempt
+        stats = self._stats
+        raise DeviceError(
+            f"device {self.name} ({self.url}): no valid reply to {request.TYPE.name} after "
+            f"{attempts} attempts (timeouts {stats.timeouts}, bad frames {stats.bad_frames}, "
+            f"damaged requests {stats.damaged_requests} so far on this link)"
+        )
+
+    def _await_reply(self, seq: int, request: AnyMessage, reply_type: type[ReplyT]) -> ReplyT | None:
+        """The reply to attempt ``seq``, or None if this attempt failed and should be retried."""
+        deadline = time.monotonic() + self.reply_timeout
+        while True:
+            wire = self._transport.read_frame(max(0.0, deadline - time.monotonic()))
+            if wire is None:
+                self._stats.timeouts += 1
+                return None
+            try:
+                reply_seq, message = decode_message(wire)
+            except ProtocolError:
+                self._stats.bad_frames += 1
+                return None
+            if isinstance(message, ErrorReply):
+                if message.code == ErrorCode.BAD_FRAME:  # our request arrived damaged
+                    self._stats.damaged_requests += 1
+                    return None
+                if message.code == ErrorCode.FRAME_TOO_LONG:  # would fail again: do not retry
+                    raise DeviceError(
+                        f"device {self.name} ({self.url}): a {request.TYPE.name} frame exceeded the "
+                        "firmware's receive buffer; rebuild it with a larger max_input_bytes"
+                    )
+                if reply_seq == seq:
+                    raise DeviceError(
+                        f"device {self.name} ({self.url}) refused {request.TYPE.name}: "
+                        f"{_error_name(message.code)}: {message.text}"
+                    )
+                self._stats.stale_replies += 1
+                continue
+            if reply_seq != seq:
+                self._stats.stale_replies += 1
+                continue
+            if not isinstance(message, reply_type):
+                raise ProtocolError(
+                    f"device {self.name} ({self.url}) answered {request.TYPE.name} with "
+                    f"{message.TYPE.name}"
+                )
+            return message
+
+
+def _error_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"error {code}"

@@ -1,0 +1,51 @@
+"""A microcontroller node in the run engine's node role: deploy the firmware for one node's
+encoder (profile kind ``mcu``), then encode views over the frame protocol, with the latency in
+emulated instructions or real microseconds and its basis."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from harness.config.profiles import DeviceProfile
+from harness.targets.contract import (EMULATED_MCU_BASIS, REAL_MCU_BASIS, NodeInfo, NodeReply, NodeTarget,
+                                      register_node_target)
+from harness.targets.mcu.deploy import DeployedMcuNode, deploy_mcu_node
+from quant_models.intparams import IntEncoder
+
+
+class McuNodeTarget:
+    def __init__(self, deployed: DeployedMcuNode) -> None:
+        self.deployed = deployed
+        self.profile = deployed.profile
+        self.encoder = deployed.encoder
+        fw = deployed.firmware
+        hello = deployed.target.hello
+        self.info = NodeInfo(board=hello.board, flash_bytes=fw.flash_bytes, ram_bytes=fw.ram_bytes,
+                             stack_bytes=fw.max_stack_bytes,
+                             extra={"flash_capacity": fw.flash_capacity, "ram_capacity": fw.ram_capacity,
+                                    "clock_hz": hello.clock_hz, "timer_hz": hello.timer_hz,
+                                    "timer": hello.timer_kind.name, "model_hash": hello.model_hash.hex(),
+                                    "protocol_version": hello.protocol_version,
+                                    "stack_bounded": fw.stack.bounded})
+
+    def infer(self, view: np.ndarray) -> NodeReply:
+        result = self.deployed.target.infer(view.tobytes())
+        work = self.deployed.target.work(result.ticks)
+        if work.microseconds is None:  # emulated: virtual time is no board's time
+            latency, unit, basis = work.count, "instructions", EMULATED_MCU_BASIS
+        else:
+            latency, unit, basis = work.microseconds, "us", REAL_MCU_BASIS
+        return NodeReply(code=result.code, latency=latency, latency_unit=unit, latency_basis=basis,
+                         host_rtt_s=result.round_trip_seconds, ticks=result.ticks, device_count=work.count,
+                         device_unit=work.unit, attempts=result.attempts,
+                         wire_bytes_sent=result.wire_bytes_sent, wire_bytes_received=result.wire_bytes_received)
+
+
+@register_node_target("mcu")
+@contextmanager
+def _mcu_node(profile: DeviceProfile, encoder: IntEncoder, export_dir: Path) -> Iterator[NodeTarget]:
+    with deploy_mcu_node(profile, encoder) as deployed:
+        yield McuNodeTarget(deployed)

@@ -1,0 +1,78 @@
+"""The export manifest (``manifest.json``): what an export directory holds and the hashes that
+tie it together, as typed structures for the modules that read it (run engine, pytest plugin,
+benchmarks). Reading it needs neither torch nor onnx."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, NotRequired, TypedDict
+
+from .intparams import IntEncoder
+
+MANIFEST = "manifest.json"
+FORMAT = "hilbench-export/1"
+
+
+class WindowEntry(TypedDict):
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+class NodeEntry(TypedDict):
+    node: int
+    kind: Literal["encoder", "float-encoder", "raw"]
+    view_shape: list[int]
+    window: WindowEntry
+    code_len: int
+    code_bits: int | Literal["float"]
+    payload_bytes: int
+    sha256: str
+    onnx: NotRequired[str]
+    int_params: NotRequired[str]
+    code_exponent: NotRequired[int]
+    macs: NotRequired[int]
+
+
+class HeadEntry(TypedDict):
+    onnx: str
+    input: str
+    sha256: str
+
+
+class Manifest(TypedDict):
+    format: str
+    experiment: str
+    scheme: str
+    image_shape: list[int]
+    partition: str
+    code_bits: int | str
+    nodes: list[NodeEntry]
+    head: HeadEntry
+    bits_per_inference: int
+    payload_bytes_per_inference: int
+    raw_bits_per_inference: int
+    model_hash: str
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Written last by an export, so a directory with a manifest is a complete export."""
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(directory / MANIFEST)
+
+
+def has_manifest(directory: Path) -> bool:
+    return (directory / MANIFEST).is_file()
+
+
+def load_manifest(directory: Path) -> Manifest:
+    manifest: Manifest = json.loads((directory / MANIFEST).read_text())
+    return manifest
+
+
+def load_int_encoders(directory: Path) -> list[IntEncoder]:
+    """The integer encoders of every quantized node, in node order."""
+    return [IntEncoder.load(directory / n["int_params"]) for n in load_manifest(directory)["nodes"]
+            if "int_params" in n]
