@@ -21,7 +21,10 @@ from torch import nn
 
 from harness.core.errors import ModelError
 
-from .manifest import FORMAT, Manifest, NodeEntry, WindowEntry, write_manifest
+from . import golden
+from .exact_onnx import accumulation_bound, exact_in_float32, write_exact_onnx
+from .intparams import IntEncoder
+from .manifest import CHECK_VECTORS, FORMAT, Manifest, NodeEntry, WindowEntry, write_manifest
 from .model import NodeEncoder, SplitModel
 from .packing import payload_bytes
 from .partition import Partition
@@ -102,6 +105,29 @@ class ExportResult:
         return self.manifest["model_hash"]
 
 
+def check_views(encoder: IntEncoder, count: int = CHECK_VECTORS) -> np.ndarray:
+    """Views that make a wrong lowering show: all black, all white (every product at full scale,
+    where int16 pair sums saturate), random black/white and random grey, seeded by the node."""
+    rng = np.random.default_rng(encoder.node)
+    shape = tuple(encoder.input_shape)
+    rest = count - 2
+    binary = (rng.random((rest // 2, *shape)) < 0.5).astype(np.uint8) * 255
+    grey = rng.integers(0, 256, (rest - rest // 2, *shape), dtype=np.uint8)
+    return np.concatenate([np.zeros((1, *shape), np.uint8), np.full((1, *shape), 255, np.uint8), binary, grey])
+
+
+def export_device_checks(encoder: IntEncoder, out: Path) -> dict:
+    """The node's check vectors (views and golden codes) and, where float32 holds every partial
+    sum exactly, its exact float32 lowering; the manifest entries naming them."""
+    views = check_views(encoder)
+    check_name = f"node{encoder.node}.check.npz"
+    np.savez_compressed(out / check_name, views=views, codes=golden.encode(encoder, views))
+    entries: dict = {"check_vectors": check_name, "accumulation_bound": accumulation_bound(encoder)}
+    if exact_in_float32(encoder):
+        entries["exact_onnx"] = write_exact_onnx(encoder, out / f"node{encoder.node}.exact.onnx").name
+    return entries
+
+
 def export_model(model: SplitModel, partition: Partition, out: Path, *, experiment: str = "",
                  scheme: str = "", bits: int | str = 8) -> ExportResult:
     """Write every artifact of ``model`` into ``out`` and return the manifest."""
@@ -124,7 +150,8 @@ def export_model(model: SplitModel, partition: Partition, out: Path, *, experime
                 ie.save(out / int_name)
                 entry = {**common, "onnx": onnx_name, "code_bits": enc.bits, "kind": "encoder",
                          "int_params": int_name, "sha256": ie.sha256(), "code_exponent": ie.code_exponent,
-                         "macs": ie.macs, "payload_bytes": payload_bytes(ie.code_len, ie.code_bits)}
+                         "macs": ie.macs, "payload_bytes": payload_bytes(ie.code_len, ie.code_bits),
+                         **export_device_checks(ie, out)}
             else:
                 entry = {**common, "onnx": onnx_name, "code_bits": "float", "kind": "float-encoder",
                          "sha256": _sha256_tensors(enc.state_dict()), "payload_bytes": 4 * enc.code_len}

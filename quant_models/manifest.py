@@ -4,13 +4,18 @@ benchmarks). Reading it needs neither torch nor onnx."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NotRequired, TypedDict
+
+from harness.core.errors import ModelError
 
 from .intparams import IntEncoder
 
 MANIFEST = "manifest.json"
-FORMAT = "hilbench-export/1"
+FORMAT = "hilbench-export/2"
+CHECK_VECTORS = 16
+"""Views per node in the export's check vectors (``nodeI.check.npz``: views and golden codes)."""
 
 
 class WindowEntry(TypedDict):
@@ -33,6 +38,9 @@ class NodeEntry(TypedDict):
     int_params: NotRequired[str]
     code_exponent: NotRequired[int]
     macs: NotRequired[int]
+    exact_onnx: NotRequired[str]  # the integer model lowered to exact float32 ONNX (quant_models.exact_onnx)
+    accumulation_bound: NotRequired[int]
+    check_vectors: NotRequired[str]  # views and their golden codes, for the device's self-check
 
 
 class HeadEntry(TypedDict):
@@ -70,6 +78,25 @@ def has_manifest(directory: Path) -> bool:
 def load_manifest(directory: Path) -> Manifest:
     manifest: Manifest = json.loads((directory / MANIFEST).read_text())
     return manifest
+
+
+@dataclass(frozen=True)
+class NodeFiles:
+    """What a device needs to run one node encoder exactly: the QCDQ export, its exact float32
+    lowering if the export has one, and the golden check vectors."""
+
+    onnx: Path
+    exact_onnx: Path | None
+    check_vectors: Path | None
+
+
+def node_files(directory: Path, node: int) -> NodeFiles:
+    entry = load_manifest(directory)["nodes"][node]
+    if "onnx" not in entry:
+        raise ModelError(f"{directory / MANIFEST}: node {node} ({entry['kind']}) has no ONNX encoder")
+    exact, check = entry.get("exact_onnx"), entry.get("check_vectors")
+    return NodeFiles(directory / entry["onnx"], directory / exact if exact else None,
+                     directory / check if check else None)
 
 
 def load_int_encoders(directory: Path) -> list[IntEncoder]:

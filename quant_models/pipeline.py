@@ -13,7 +13,7 @@ from .datasets import Dataset, load_experiment_dataset
 from .experiment import Experiment
 from .export import ExportResult, export_model
 from .intparams import IntEncoder
-from .manifest import Manifest, has_manifest, load_int_encoders, load_manifest
+from .manifest import FORMAT, Manifest, has_manifest, load_int_encoders, load_manifest
 from .partition import make_partition
 from .training import ProgressFactory, train
 
@@ -56,7 +56,7 @@ def export_trained(exp: Experiment, trained: TrainedModel, out: Path) -> ExportR
 
 def export_dir_for(cache_key: str) -> Path:
     """Where the export of the trained model with this cache key lives (shared by all runs)."""
-    return paths.cache_root() / "exports" / cache_key[:24]
+    return paths.cache_root() / "exports" / FORMAT.replace("/", "-") / cache_key[:24]
 
 
 def get_exported(exp: Experiment, *, progress: ProgressFactory | None = None,

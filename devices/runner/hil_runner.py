@@ -7,8 +7,18 @@ import this file for the protocol functions without them).
 
 Usage::
 
-    python hil_runner.py --model MODEL.onnx --role node --code-exponent E
+    python hil_runner.py --model MODEL.onnx --role node --code-exponent E \
+        [--exact-model MODEL.exact.onnx] --check CHECK.npz
     python hil_runner.py --model head.onnx --role gateway
+
+How a node encoder runs (see :data:`NODE_CONFIGURATIONS`): onnxruntime's default optimizations
+fuse the QCDQ graph into u8 x s8 int8 kernels, which on x86 without VNNI sum product pairs in
+saturating int16 and give codes that differ from the integer model. So the runner never uses
+them; it tries exact configurations, fastest first: the export's float32 lowering of the integer
+model (``--exact-model``), then the QCDQ graph with the QDQ fusion off, then unoptimized. Before
+serving, each candidate encodes the export's golden check vectors (``--check``: views and their
+golden codes); the first whose codes all match is used. HELLO says which ran, what the others
+gave, and the CPU's int8-relevant flags; if none matches, the runner refuses to start.
 
 Roles: ``node`` runs a node encoder on uint8 views [B, h, w]: it feeds ``pixel / 256`` as float32
 [B, 1, h, w] (the exact input the model was trained and exported with) and turns the encoder's
@@ -24,10 +34,15 @@ Arrays inside payloads: ``u8 dtype code | u8 ndim | ndim x u32 big-endian dims |
 little-endian, C order; dtype codes: 1 uint8, 2 float32, 3 int64.
 
     runner -> host, once at start   HELLO  'H'  UTF-8 JSON: protocol, role, model_sha256,
-                                                input and output names/shapes, onnxruntime,
-                                                numpy, python, executable, machine, pid,
-                                                cpu_model, governor, peak_rss_bytes,
-                                                load_ns (session creation, warm-up excluded)
+                                                file_sha256 {model, exact_model, check},
+                                                configuration {name, description},
+                                                self_check {vectors, tried: [{configuration,
+                                                mismatched_codes | error}], fallback},
+                                                cpu_flags, input and output names/shapes,
+                                                onnxruntime, numpy, python, executable,
+                                                machine, pid, cpu_model, governor,
+                                                peak_rss_bytes, load_ns (session creation,
+                                                warm-up excluded)
     host -> runner                  INFER  'I'  array: the batch
     runner -> host                  RESULT 'R'  array: outputs, then array: int64 [B] ns per
                                                 inference (time.perf_counter_ns around each
@@ -55,9 +70,10 @@ import resource
 import struct
 import sys
 import time
-from typing import BinaryIO
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 HELLO = ord("H")
 INFER = ord("I")
@@ -174,6 +190,21 @@ def cpu_model(cpuinfo_text: str) -> str:
     return ", ".join(parts) if parts else "unknown"
 
 
+INT8_FLAGS = ("avx2", "avx512_vnni", "avx512bw", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+"""CPU features that decide which int8 kernels onnxruntime's MLAS uses (x86 flags, ARM Features)."""
+
+
+def cpu_flags(cpuinfo_text: str | None = None) -> list[str]:
+    """The int8-relevant flags of this CPU (or of ``cpuinfo_text``), in :data:`INT8_FLAGS` order."""
+    text = (_read_text(CPUINFO_PATH) or "") if cpuinfo_text is None else cpuinfo_text
+    present: set[str] = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            present.update(value.split())
+    return [flag for flag in INT8_FLAGS if flag in present]
+
+
 def _read_text(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -193,34 +224,137 @@ def device_facts() -> dict:
 # The model
 # ---------------------------------------------------------------------------------------------
 
-class Model:
-    """An onnxruntime session plus the role's input/output conversion."""
+@dataclass(frozen=True)
+class Configuration:
+    """One way to run a model in onnxruntime: which file (``export``: the exported ONNX, QCDQ
+    for a node; ``exact``: a node's exact float32 lowering), which graph optimization level,
+    which session config entries."""
 
-    def __init__(self, path: str, role: str, code_exponent: int | None, threads: int) -> None:
+    name: str
+    model: str  # "export" | "exact"
+    level: str  # an onnxruntime GraphOptimizationLevel name
+    entries: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+NODE_CONFIGURATIONS = (
+    Configuration("exact-float", "exact", "ORT_ENABLE_ALL", {},
+                  "float32 lowering of the integer model (integer-valued tensors, partial sums below 2^24), "
+                  "all graph optimizations"),
+    Configuration("qcdq-unfused", "export", "ORT_ENABLE_ALL", {"session.disable_quant_qdq": "1"},
+                  "QCDQ graph, all optimizations but the QDQ fusion into int8 kernels (float kernels between Q/DQ)"),
+    Configuration("qcdq-unoptimized", "export", "ORT_DISABLE_ALL", {},
+                  "QCDQ graph as exported, no graph optimization"),
+)
+"""A node encoder's exact configurations, fastest first (measured: scripts/bench_linux.py)."""
+
+ORT_DEFAULT_FUSED = Configuration("qcdq-default", "export", "ORT_ENABLE_ALL", {},
+                                  "onnxruntime's default: QDQ fused into u8 x s8 int8 kernels (saturating int16 "
+                                  "pair sums on x86 without VNNI); never used by the runner")
+# The exact model's metadata: its output's codes are clip(rint(value), code_min, code_max)
+# (the same keys as quant_models.exact_onnx, which writes them).
+CODE_MIN_KEY, CODE_MAX_KEY = "hilbench.code_min", "hilbench.code_max"
+
+GATEWAY_CONFIGURATION = Configuration("float", "export", "ORT_ENABLE_ALL", {}, "the float head, all optimizations")
+
+
+def session_options(configuration: Configuration, threads: int) -> Any:
+    """onnxruntime SessionOptions for ``configuration`` with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, configuration.level)
+    for key, value in configuration.entries.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+class Model:
+    """An onnxruntime session plus the role's input/output conversion.
+
+    A node chooses its configuration by the self-check (see the module docstring); ``check`` is
+    (views uint8 [n, h, w], golden codes uint8 [n, k])."""
+
+    def __init__(self, path: str, role: str, code_exponent: int | None, threads: int,
+                 exact_path: str | None = None, check: tuple[Any, Any] | None = None,
+                 configurations: tuple[Configuration, ...] | None = None) -> None:
         import numpy as np
-        import onnxruntime as ort
 
         if role == "node" and code_exponent is None:
             raise RunnerError("role 'node' needs --code-exponent")
-        with open(path, "rb") as f:
-            self.sha256 = hashlib.sha256(f.read()).hexdigest()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        started = time.perf_counter_ns()
-        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-        self.load_ns = time.perf_counter_ns() - started
+        self._np = np
         self.role = role
-        self.code_exponent = code_exponent
+        self.sha256 = _sha256(path)
+        self.file_sha256 = {"model": self.sha256}
+        if exact_path is not None:
+            self.file_sha256["exact_model"] = _sha256(exact_path)
+        self.paths = {"export": path, "exact": exact_path}
+        self.inferences = 0
+        self.tried: list[dict[str, Any]] = []
+        if role == "gateway":
+            candidates: tuple[Configuration, ...] = (GATEWAY_CONFIGURATION,)
+        else:
+            candidates = configurations or tuple(c for c in NODE_CONFIGURATIONS
+                                                  if c.model == "export" or exact_path is not None)
+        for configuration in candidates:
+            self._open(configuration, threads, code_exponent)
+            if check is None:
+                break
+            mismatched = self._mismatches(*check)
+            self.tried.append({"configuration": configuration.name, "mismatched_codes": mismatched})
+            if mismatched == 0:
+                break
+        else:
+            raise RunnerError("no exact configuration: every candidate's codes differ from the export's golden "
+                              f"check vectors ({self.tried}); CPU int8 flags: {' '.join(cpu_flags()) or 'none'}")
+        self.check_vectors = 0 if check is None else int(len(check[0]))
+
+    def _open(self, configuration: Configuration, threads: int, code_exponent: int | None) -> None:
+        import onnxruntime as ort
+
+        np = self._np
+        path = self.paths[configuration.model]
+        if path is None:
+            raise RunnerError(f"configuration {configuration.name!r} needs the {configuration.model} model")
+        started = time.perf_counter_ns()
+        self.session = ort.InferenceSession(path, sess_options=session_options(configuration, threads),
+                                            providers=["CPUExecutionProvider"])
+        self.load_ns = time.perf_counter_ns() - started
+        self.configuration = configuration
+        self.code_exponent, self.code_bounds = code_exponent, None
+        if configuration.model == "exact":  # its output is the codes before the last rint and clip
+            meta = self.session.get_modelmeta().custom_metadata_map
+            try:
+                self.code_exponent, self.code_bounds = 0, (int(meta[CODE_MIN_KEY]), int(meta[CODE_MAX_KEY]))
+            except (KeyError, ValueError) as exc:
+                raise RunnerError(f"{path}: the exact model's metadata has no code bounds ({CODE_MIN_KEY}, "
+                                  f"{CODE_MAX_KEY})") from exc
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = [d if isinstance(d, int) else None for d in inp.shape]
         self.outputs = [{"name": o.name, "shape": [d if isinstance(d, int) else None for d in o.shape]}
                         for o in self.session.get_outputs()]
-        self.inferences = 0
-        self._np = np
         # One warm-up inference, so the first timed one does not pay for lazy initialisation.
         self.session.run(None, {self.input_name: np.zeros([d or 1 for d in self.input_shape], np.float32)})
+
+    def _mismatches(self, views, codes) -> int:
+        got, _ = self.infer(views, count=False)
+        if got.shape != codes.shape:
+            raise RunnerError(f"the check vectors' codes are {list(codes.shape)}, the model gives {list(got.shape)}")
+        return int((got != codes).sum())
+
+    def describe(self) -> dict[str, Any]:
+        """Which configuration runs, what the self-check found, and the CPU's int8 flags (HELLO)."""
+        return {"configuration": {"name": self.configuration.name, "description": self.configuration.description},
+                "self_check": {"vectors": self.check_vectors, "tried": self.tried, "fallback": len(self.tried) > 1},
+                "cpu_flags": cpu_flags()}
 
     def model_input(self, batch):
         """The float32 tensor the model takes for a request batch."""
@@ -240,18 +374,21 @@ class Model:
         return x
 
     def outputs_of(self, values):
-        """Node: integer codes round(value / 2**E) as uint8; gateway: float32 logits."""
+        """Node: integer codes round(value / 2**E) (and, for the exact model, clipped to its code
+        bounds) as uint8, for the whole batch at once; gateway: float32 logits."""
         np = self._np
         if self.role == "gateway":
             return values.astype(np.float32)
         if self.code_exponent is None:  # __init__ requires it for role "node"
             raise RunnerError(f"role {self.role!r} has no code exponent to turn values into codes")
         codes = np.rint(values.astype(np.float64) / 2.0 ** self.code_exponent)
+        if self.code_bounds is not None:
+            codes = np.clip(codes, *self.code_bounds)
         if codes.size and (codes.min() < 0 or codes.max() > 255):
             raise RunnerError(f"codes out of the uint8 range: [{codes.min()}, {codes.max()}]")
         return codes.reshape(codes.shape[0], -1).astype(np.uint8)
 
-    def infer(self, batch) -> tuple[object, object]:
+    def infer(self, batch, count: bool = True) -> tuple[Any, Any]:
         """(outputs, int64 ns per inference): one session.run per sample, each timed."""
         np = self._np
         x = self.model_input(batch)
@@ -266,9 +403,18 @@ class Model:
             out = run(None, {name: sample})[0]
             timings[i] = clock() - started
             values.append(out)
-        self.inferences += n
+        if count:
+            self.inferences += n
         stacked = np.concatenate(values, axis=0) if values else np.zeros((0,), np.float32)
         return self.outputs_of(stacked), timings
+
+
+def load_check(path: str) -> tuple[Any, Any]:
+    """The export's check vectors: (views uint8 [n, h, w], golden codes uint8 [n, k])."""
+    import numpy as np
+
+    with np.load(path) as data:
+        return data["views"], data["codes"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--role", choices=("node", "gateway"), required=True)
     parser.add_argument("--code-exponent", type=int, default=None)
+    parser.add_argument("--exact-model", default=None, help="node: the export's exact float32 lowering")
+    parser.add_argument("--check", default=None, help="node: the export's check vectors (.npz: views, codes)")
     parser.add_argument("--threads", type=int, default=1,
                         help="onnxruntime intra-op threads (default 1: one sample per inference is latency-bound)")
     args = parser.parse_args(argv)
@@ -339,11 +487,15 @@ def main(argv: list[str] | None = None) -> int:
         import numpy
         import onnxruntime
 
-        model = Model(args.model, args.role, args.code_exponent, args.threads)
+        check = load_check(args.check) if args.check else None
+        model = Model(args.model, args.role, args.code_exponent, args.threads, args.exact_model, check)
+        if args.check:
+            model.file_sha256["check"] = _sha256(args.check)
     except Exception as exc:
         _error(out, f"cannot load model {args.model!r}: {type(exc).__name__}: {exc}")
         return 1
     hello = {"protocol": PROTOCOL_VERSION, "role": args.role, "model_sha256": model.sha256,
+             "file_sha256": model.file_sha256, **model.describe(),
              "input_name": model.input_name, "input_shape": model.input_shape, "outputs": model.outputs,
              "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
              "python": platform.python_version(), "executable": sys.executable, "machine": platform.machine(),

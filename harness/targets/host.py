@@ -11,35 +11,47 @@ import numpy as np
 
 from harness.config.profiles import DeviceProfile
 from harness.targets.contract import HOST_BASIS, Gateway, NodeInfo, NodeReply, NodeTarget, register_gateway, register_node_target
+from harness.core.errors import DeviceError
 from quant_models.intparams import IntEncoder
+from quant_models.manifest import NodeFiles, node_files
 from quant_models.packing import pack_codes
 
 
 class LocalNodeTarget:
-    """The node's QCDQ ONNX encoder in onnxruntime on this machine."""
+    """The node's encoder in onnxruntime on this machine, run as the device runner runs it
+    (devices/runner/hil_runner.py: the same exact configurations, self-check and timing)."""
 
-    def __init__(self, profile: DeviceProfile, encoder: IntEncoder, onnx_path: Path):
+    def __init__(self, profile: DeviceProfile, encoder: IntEncoder, files: NodeFiles):
         import onnxruntime as ort
 
+        from devices.runner.hil_runner import Model, RunnerError, load_check
+
+        if files.check_vectors is None:
+            raise DeviceError(f"{files.onnx.parent}: the export has no check vectors for node {encoder.node}; "
+                              "export the model again")
         self.profile, self.encoder = profile, encoder
-        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        self.info = NodeInfo(board="host", extra={"onnxruntime": ort.__version__})
+        try:
+            self.model = Model(str(files.onnx), "node", encoder.code_exponent, threads=1,
+                               exact_path=None if files.exact_onnx is None else str(files.exact_onnx),
+                               check=load_check(str(files.check_vectors)))
+        except RunnerError as exc:
+            raise DeviceError(f"{profile.name}: node {encoder.node}: {exc}") from exc
+        self.info = NodeInfo(board="host", extra={"onnxruntime": ort.__version__, **self.model.describe()})
 
     def infer(self, view: np.ndarray) -> NodeReply:
-        x = (view.astype(np.float32) / 256.0)[None, None]
         start = time.perf_counter_ns()
-        values = self.session.run(None, {"view": x})[0]
+        codes, device_ns = self.model.infer(view[None])
         elapsed_ns = time.perf_counter_ns() - start
-        codes = np.round(values / 2.0 ** self.encoder.code_exponent).astype(np.int64)
         packed = pack_codes(codes, self.encoder.code_bits)[0].tobytes()
-        return NodeReply(code=packed, latency=elapsed_ns / 1000, latency_unit="us", latency_basis=HOST_BASIS,
-                         host_rtt_s=elapsed_ns / 1e9, device_count=float(elapsed_ns), device_unit="ns")
+        ns = int(device_ns[0])
+        return NodeReply(code=packed, latency=ns / 1000, latency_unit="us", latency_basis=HOST_BASIS,
+                         host_rtt_s=elapsed_ns / 1e9, device_count=float(ns), device_unit="ns")
 
 
 @register_node_target("local")
 @contextmanager
 def _local_node(profile: DeviceProfile, encoder: IntEncoder, export_dir: Path) -> Iterator[NodeTarget]:
-    yield LocalNodeTarget(profile, encoder, export_dir / f"node{encoder.node}.onnx")
+    yield LocalNodeTarget(profile, encoder, node_files(export_dir, encoder.node))
 
 
 class HostGateway:

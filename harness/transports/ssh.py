@@ -362,6 +362,15 @@ class RemoteProcess:
         """The next frame's body; DeviceError if the process ends or nothing comes in time."""
         return self.connection.submit(self._guarded(self._read_frame(), timeout, "a reply"))
 
+    def send(self, frame: bytes, timeout: float) -> None:
+        """Send ``frame`` (already length-prefixed) without waiting for a reply."""
+        self.connection.submit(self._guarded(self._send(frame), timeout, "a reply"))
+
+    async def _send(self, frame: bytes) -> bytes:
+        self._process.stdin.write(frame)
+        await self._process.stdin.drain()
+        return b""
+
     def exchange(self, frame: bytes, timeout: float) -> bytes:
         """Send ``frame`` (already length-prefixed) and return the body of the next frame."""
         return self.connection.submit(self._guarded(self._exchange(frame), timeout, "a reply"))

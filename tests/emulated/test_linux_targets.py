@@ -25,7 +25,7 @@ from harness.config.profiles import get_profile
 from harness.targets.linux.runner_env import RunnerEnvSpec, ensure_runner_env
 from harness.transports.ssh import SshConnection
 from quant_models import golden
-from quant_models.manifest import load_int_encoders
+from quant_models.manifest import load_int_encoders, load_manifest, node_files
 
 SAMPLES = 200
 QEMU_SAMPLES = 50
@@ -47,9 +47,12 @@ def model(exported):
     return ex.directory, ex.export.manifest, load_int_encoders(ex.directory), views
 
 
-def _node(manifest: dict, i: int) -> dict:
-    n = manifest["nodes"][i]
-    return {"code_exponent": n["code_exponent"], "view_shape": tuple(n["view_shape"])}
+def _node(directory: Path, i: int) -> dict:
+    """deploy_linux_target's node arguments from the export: exponent, shape, exact model, check."""
+    n = load_manifest(directory)["nodes"][i]
+    files = node_files(directory, i)
+    return {"code_exponent": n["code_exponent"], "view_shape": tuple(n["view_shape"]),
+            "exact_model_path": files.exact_onnx, "check_path": files.check_vectors}
 
 
 def test_pi_loopback_nodes_return_golden_codes_bit_for_bit(model, loopback) -> None:
@@ -57,10 +60,15 @@ def test_pi_loopback_nodes_return_golden_codes_bit_for_bit(model, loopback) -> N
     profile = get_profile("pi-loopback")
     with ExitStack() as stack:  # four node targets, one device: each its own runner session
         targets = [stack.enter_context(deploy_linux_target(profile, directory / f"node{i}.onnx", "node",
-                                                           batch_size=64, access=loopback, **_node(manifest, i)))
+                                                           batch_size=64, access=loopback, **_node(directory, i)))
                    for i in range(len(encoders))]
         results = [t.encode(views[i]) for i, t in enumerate(targets)]
         info = targets[0].info()
+        configuration = targets[0].configuration
+    assert configuration["configuration"]["name"] == "exact-float"
+    assert configuration["self_check"] == {"vectors": 16, "fallback": False,
+                                           "tried": [{"configuration": "exact-float", "mismatched_codes": 0}]}
+    assert isinstance(configuration["cpu_flags"], list)
     for i, (enc, result) in enumerate(zip(encoders, results)):
         expected = golden.encode(enc, views[i])
         bad = np.flatnonzero((result.codes != expected).any(axis=1))
@@ -95,7 +103,7 @@ def test_paths_with_spaces_and_quotes_work(model, loopback, tmp_path) -> None:
     shutil.copy(directory / "node0.onnx", local)
     workdir = f"{loopback.workdir}/hil bench/it's \"quoted\" $(touch pwned); ls"
     with deploy_linux_target(get_profile("pi-loopback"), local, "node", access=replace(loopback, workdir=workdir),
-                             **_node(manifest, 0)) as target:
+                             **_node(directory, 0)) as target:
         result = target.encode(views[0][:20])
         listing = target.connection.run(["ls", f"{workdir}/models", f"{workdir}/runner"]).stdout
     assert (result.codes == golden.encode(encoders[0], views[0][:20])).all()
@@ -143,7 +151,7 @@ def test_runner_that_cannot_load_its_model_reports_remote_stderr(loopback, tmp_p
     corrupt = tmp_path / "node0.onnx"
     corrupt.write_bytes(b"\x08\x07 this is not an ONNX model")
     with pytest.raises(DeviceError) as err:
-        with deploy_linux_target(get_profile("pi-loopback"), corrupt, "node", code_exponent=-2, access=loopback):
+        with deploy_linux_target(get_profile("pi-loopback"), corrupt, "gateway", access=loopback):
             pass
     message = str(err.value)
     assert message.startswith("device pi-loopback") and "the runner failed to start (exit status 1)" in message
@@ -155,14 +163,14 @@ def test_runner_without_onnxruntime_reports_remote_stderr(model, loopback) -> No
     without = replace(loopback, python=SYSTEM_PYTHON)  # Debian's python3 has no onnxruntime
     with pytest.raises(DeviceError, match="(?s)runner failed to start.*its stderr:.*No module named"):
         with deploy_linux_target(get_profile("pi-loopback"), directory / "node0.onnx", "node", access=without,
-                                 **_node(manifest, 0)):
+                                 **_node(directory, 0)):
             pass
 
 
 def test_runner_killed_mid_session_reports_exit(model, loopback) -> None:
     directory, manifest, encoders, views = model
     with deploy_linux_target(get_profile("pi-loopback"), directory / "node0.onnx", "node", access=loopback,
-                             **_node(manifest, 0)) as target:
+                             **_node(directory, 0)) as target:
         target.encode(views[0][:5])
         target.connection.run(["kill", "-KILL", str(target.hello["pid"])])
         with pytest.raises(DeviceError, match=r"device pi-loopback .*hil_runner.* was killed \(signal KILL\) "
@@ -189,7 +197,7 @@ def test_offline_device_gets_its_venv_from_wheels_the_host_uploads(model, loopba
             ensure_runner_env(conn, no_wheels)
     offline = replace(loopback, python=None, env=env)
     with deploy_linux_target(get_profile("pi-loopback"), directory / "node0.onnx", "node", access=offline,
-                             **_node(manifest, 0)) as target:
+                             **_node(directory, 0)) as target:
         assert target.hello["executable"] == f"{loopback.workdir}/venv/bin/python"
         assert (target.encode(views[0][:20]).codes == golden.encode(encoders[0], views[0][:20])).all()
         wheels = target.connection.run(["ls", env.remote_wheel_dir]).stdout
@@ -216,9 +224,11 @@ def test_rpi4_qemu_node_returns_golden_codes_bit_for_bit(model, arm64_rootfs) ->
     directory, manifest, encoders, views = model
     node = 1
     with deploy_linux_target(get_profile("rpi4-qemu"), directory / f"node{node}.onnx", "node", batch_size=25,
-                             **_node(manifest, node)) as target:
+                             **_node(directory, node)) as target:
         result = target.encode(views[node][:QEMU_SAMPLES])
         info = target.info()
+        checked = target.configuration["self_check"]
+    assert checked["tried"] == [{"configuration": "exact-float", "mismatched_codes": 0}], checked
     expected = golden.encode(encoders[node], views[node][:QEMU_SAMPLES])
     bad = np.flatnonzero((result.codes != expected).any(axis=1))
     assert bad.size == 0, f"rpi4-qemu node {node}: {bad.size} of {QEMU_SAMPLES} codes differ from golden"

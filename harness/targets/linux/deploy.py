@@ -122,12 +122,15 @@ def deploy_linux_target(
     *,
     code_exponent: int | None = None,
     view_shape: tuple[int, int] | None = None,
+    exact_model_path: Path | None = None,
+    check_path: Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     access: LinuxAccess | None = None,
 ) -> Iterator[LinuxTarget]:
     """A deployed, started :class:`LinuxTarget` for ``model_path`` on ``profile``'s device.
 
-    ``role``: "node" (an encoder; needs ``code_exponent``) or "gateway" (the head). ``access``:
+    ``role``: "node" (an encoder; needs ``code_exponent`` and the export's ``check_path``, and
+    runs ``exact_model_path`` first where the export has one) or "gateway" (the head). ``access``:
     an already launched device (from :func:`linux_device`) to share; otherwise the device is
     launched here and stopped on exit. Stops the runner and closes the connection on exit."""
     with ExitStack() as stack:
@@ -136,6 +139,7 @@ def deploy_linux_target(
         connection = stack.enter_context(SshConnection(access.endpoint))
         target = LinuxTarget(connection, Path(model_path), role, python=access.python, env=access.env,
                              workdir=access.workdir, code_exponent=code_exponent, view_shape=view_shape,
+                             exact_model_path=exact_model_path, check_path=check_path,
                              emulated=access.emulated, timing_basis=access.timing_basis, batch_size=batch_size,
                              startup_timeout_s=access.startup_timeout_s, reply_timeout_s=access.reply_timeout_s)
         stack.enter_context(target)

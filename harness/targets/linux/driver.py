@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -32,6 +33,7 @@ from harness.transports.ssh import RemoteProcess, SshConnection
 
 Role = Literal["node", "gateway"]
 DEFAULT_BATCH_SIZE = 256
+IN_FLIGHT = 3  # batches sent ahead of their replies
 
 
 class EncodeResult(NamedTuple):
@@ -92,6 +94,8 @@ class LinuxTarget:
         workdir: str = "hilbench",
         code_exponent: int | None = None,
         view_shape: tuple[int, int] | None = None,
+        exact_model_path: Path | None = None,
+        check_path: Path | None = None,
         emulated: bool = False,
         timing_basis: str = "measured on the device (time.perf_counter_ns around each inference)",
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -102,15 +106,23 @@ class LinuxTarget:
         """``python``: a device interpreter that already has onnxruntime and numpy (None:
         provision a venv as ``env`` says). ``workdir``: device directory for the runner and models
         (relative to the login user's home, or absolute). ``code_exponent``: required for the
-        node role (the manifest's value). ``view_shape``: if given, views are checked against it."""
+        node role (the manifest's value). ``view_shape``: if given, views are checked against it.
+        ``check_path`` (node role, required): the export's check vectors, which the runner's
+        self-check encodes before it serves; ``exact_model_path``: the export's exact float32
+        lowering, the runner's first choice (see devices/runner/hil_runner.py)."""
         if role not in ("node", "gateway"):
             raise DeviceError(f"unknown role {role!r}: a Linux device is a 'node' or the 'gateway'")
         if role == "node" and code_exponent is None:
             raise DeviceError("the node role needs code_exponent (the manifest's 'code_exponent' of the node)")
+        if role == "node" and check_path is None:
+            raise DeviceError("the node role needs the export's check vectors (the manifest's 'check_vectors'): "
+                              "without them the runner cannot prove its configuration exact")
         if batch_size < 1:
             raise DeviceError(f"batch_size must be >= 1, not {batch_size}")
         self.connection = connection
         self.model_path = Path(model_path)
+        self.exact_model_path = Path(exact_model_path) if exact_model_path is not None else None
+        self.check_path = Path(check_path) if check_path is not None else None
         self.role: Role = role
         self.python = python
         self.env = env or RunnerEnvSpec()
@@ -146,6 +158,10 @@ class LinuxTarget:
         argv = [python, runner_remote, "--model", model_remote, "--role", self.role, "--threads", str(self.threads)]
         if self.role == "node":
             argv += ["--code-exponent", str(self.code_exponent)]
+            if self.exact_model_path is not None:
+                argv += ["--exact-model", self._upload_content_addressed(self.exact_model_path, "models", "exact")]
+            if self.check_path is not None:
+                argv += ["--check", self._upload_content_addressed(self.check_path, "models", "check")]
         self._process = self.connection.start_process(argv)
         try:
             self._hello = self._read_hello()
@@ -177,11 +193,23 @@ class LinuxTarget:
         if hello.get("protocol") != wire.PROTOCOL_VERSION:
             raise DeviceError(f"{self.where}: the runner speaks protocol {hello.get('protocol')}, the host "
                               f"{wire.PROTOCOL_VERSION}: redeploy it")
-        expected = hashlib.sha256(self.model_path.read_bytes()).hexdigest()
-        if hello.get("model_sha256") != expected:
-            raise DeviceError(f"{self.where}: the runner loaded model {hello.get('model_sha256')}, expected "
-                              f"{expected} ({self.model_path}): refusing to benchmark another model")
+        files = {"model": self.model_path, "exact_model": self.exact_model_path, "check": self.check_path}
+        loaded = hello.get("file_sha256", {})
+        for key, path in files.items():
+            if path is None:
+                continue
+            expected = hashlib.sha256(path.read_bytes()).hexdigest()
+            if loaded.get(key) != expected:
+                raise DeviceError(f"{self.where}: the runner loaded {key} {loaded.get(key)}, expected {expected} "
+                                  f"({path}): refusing to benchmark another model")
         return hello
+
+    @property
+    def configuration(self) -> dict:
+        """How the runner runs the model, what its self-check found, and the CPU's int8 flags."""
+        hello = self.hello
+        return {"configuration": hello["configuration"], "self_check": hello["self_check"],
+                "cpu_flags": hello["cpu_flags"]}
 
     @property
     def hello(self) -> dict:
@@ -221,16 +249,31 @@ class LinuxTarget:
         return ClassifyResult(logits.astype(np.float32, copy=False), device_ns, rtt)
 
     def _run_batches(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batches of ``inputs`` through the runner, :data:`IN_FLIGHT` at a time: while the
+        device computes one batch the next is already on its way, so the link's latency and
+        transfer overlap the device's work. A batch's round trip runs from sending it to its
+        reply (so it may include waiting behind the batch before it)."""
         process = self._require()
+        batches = [inputs[start:start + self.batch_size] for start in range(0, len(inputs), self.batch_size)]
+        sent_at: deque[float] = deque()
+
+        def send(index: int) -> None:
+            frame = wire.encode_frame(wire.INFER, wire.encode_array(batches[index]))
+            sent_at.append(time.perf_counter())
+            process.send(frame, self.reply_timeout_s)
+
+        for index in range(min(IN_FLIGHT, len(batches))):
+            send(index)
         outputs, timings, round_trips = [], [], []
-        for start in range(0, len(inputs), self.batch_size):
-            batch = inputs[start:start + self.batch_size]
-            frame = wire.encode_frame(wire.INFER, wire.encode_array(batch))
-            started = time.perf_counter()
-            body = process.exchange(frame, self.reply_timeout_s)
-            round_trips.append(time.perf_counter() - started)
+        for index, batch in enumerate(batches):
+            body = process.read_frame(self.reply_timeout_s)
+            round_trips.append(time.perf_counter() - sent_at.popleft())
+            if index + IN_FLIGHT < len(batches):
+                send(index + IN_FLIGHT)
             kind, payload = self._split(body, "RESULT")
             if kind == wire.ERROR:
+                for _ in sent_at:  # the replies still on their way: the session stays in step
+                    process.read_frame(self.reply_timeout_s)
                 raise DeviceError(f"{self.where}: the runner refused a batch: {payload.decode('utf-8', 'replace')}")
             if kind != wire.RESULT:
                 raise ProtocolError(f"{self.where}: expected RESULT, got message type {kind:#04x}")

@@ -20,6 +20,7 @@ from harness.core.errors import DeviceError
 from harness.targets.linux.deploy import deploy_linux_target, linux_device
 from harness.targets.linux.driver import LinuxTarget
 from quant_models.intparams import IntEncoder
+from quant_models.manifest import node_files
 from quant_models.packing import pack_codes
 
 
@@ -30,6 +31,7 @@ class LinuxNodeTarget:
         self.profile, self.encoder, self.target = profile, encoder, target
         hello = target.hello
         self.info = NodeInfo(board=hello["cpu_model"], extra={
+            **target.configuration,
             "machine": hello["machine"], "python": hello["python"], "onnxruntime": hello["onnxruntime"],
             "numpy": hello["numpy"], "governor": hello["governor"], "model_sha256": hello["model_sha256"],
             "peak_rss_bytes_after_load": hello["peak_rss_bytes"],
@@ -59,8 +61,10 @@ class LinuxGateway:
 @register_node_target("linux")
 @contextmanager
 def _linux_node(profile: DeviceProfile, encoder: IntEncoder, export_dir: Path) -> Iterator[LinuxNodeTarget]:
-    with deploy_linux_target(profile, export_dir / f"node{encoder.node}.onnx", "node",
-                             code_exponent=encoder.code_exponent, view_shape=encoder.input_shape) as target:
+    files = node_files(export_dir, encoder.node)
+    with deploy_linux_target(profile, files.onnx, "node", code_exponent=encoder.code_exponent,
+                             view_shape=encoder.input_shape, exact_model_path=files.exact_onnx,
+                             check_path=files.check_vectors) as target:
         yield LinuxNodeTarget(profile, encoder, target)
 
 
