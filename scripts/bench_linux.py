@@ -127,12 +127,18 @@ def runner_throughput_local(files, code_exponent: int, views: np.ndarray, repeat
     return {"median": float(np.median(rates)), "min": float(min(rates)), "max": float(max(rates))}
 
 
+def _local_rate(model, views: np.ndarray) -> float:
+    started = time.perf_counter()
+    model.infer(views)
+    return len(views) / (time.perf_counter() - started)
+
+
 def over_ssh(device: str, files, code_exponent: int, views: np.ndarray, batches, repeats: int,
              local=None) -> dict:
     """Throughput over SSH per batch size; with ``local`` (a runner Model on this host), each SSH
-    pass is paired with a pass of the same views in process, and the pairs' ratios are kept: on
-    a shared VM the machine's speed drifts between passes, so a ratio of neighbours is the
-    trustworthy figure."""
+    pass is paired with a pass of the same views in process (before it in even passes, after it
+    in odd ones), and the pairs' ratios are kept: on a shared VM the machine's speed drifts
+    between passes, so a ratio of neighbours is the trustworthy figure."""
     from harness.targets.linux.deploy import deploy_linux_target, linux_device
     from harness.config.profiles import get_profile
 
@@ -146,15 +152,16 @@ def over_ssh(device: str, files, code_exponent: int, views: np.ndarray, batches,
                                      access=access) as target:
                 target.encode(stream[:batch])  # warm-up: first round trip
                 rates, device_ns, rtts, ratios = [], [], [], []
-                for _ in range(repeats):
-                    if local is not None:
-                        started = time.perf_counter()
-                        local.infer(stream)
-                        local_rate = len(stream) / (time.perf_counter() - started)
+                for rep in range(repeats):
+                    local_first = rep % 2 == 0  # alternate, so neither side always runs second
+                    if local is not None and local_first:
+                        local_rate = _local_rate(local, stream)
                     started = time.perf_counter()
                     result = target.encode(stream)
                     rates.append(len(stream) / (time.perf_counter() - started))
                     if local is not None:
+                        if not local_first:
+                            local_rate = _local_rate(local, stream)
                         ratios.append(rates[-1] / local_rate)
                     device_ns.append(result.device_ns)
                     rtts.append(result.round_trip_s)
@@ -196,7 +203,7 @@ def main() -> None:
                              "draining the three-batch pipeline is a small part of it")
     parser.add_argument("--qemu-views", type=int, default=200, help="test views per pass on rpi4-qemu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--ssh-repeats", type=int, default=15,
+    parser.add_argument("--ssh-repeats", type=int, default=20,
                         help="SSH passes per batch size, each paired with a local pass")
     args = parser.parse_args()
     import onnxruntime as ort
@@ -292,7 +299,7 @@ def markdown(r: dict) -> str:
               f"{local['median']:.0f} views/s (median of {r['ssh_vs_local']['batches'][0]['repeats']} passes; "
               f"range {local['min']:.0f}-{local['max']:.0f}).", "",
               "SSH / local: the median (and range) over passes of the ratio of an SSH pass to the local pass "
-              "run just before it.", "",
+              "run next to it (before it in even passes, after it in odd ones).", "",
               "| batch | views/s over SSH (range) | SSH / local, paired (range) | device p50 per inference | "
               "round trip p50 per batch |",
               "|---|---|---|---|---|"]
