@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -225,6 +226,58 @@ def _cmd_radio_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    """``study FILE`` runs a study; ``study show FILE`` prints its table; ``study export FILE
+    --csv PATH`` writes it as CSV."""
+    from harness.config.studies import load_study
+    from harness.console import console, progress_factory
+    from harness.store.results import ResultsStore
+    from harness.study import run_study, study_table
+
+    action, target = ("run", args.target) if args.target not in ("show", "export") else (args.target, args.study)
+    if target is None:
+        raise HilbenchError(f"hilbench study {action} needs the study file")
+    study = load_study(target)
+    store = ResultsStore(args.db)
+    if action == "run":
+        with progress_factory() as progress:
+            table = run_study(study, store, workers=args.workers, scheduler=args.scheduler,
+                              retry_failed=args.retry_failed, progress=progress)
+    else:
+        table = study_table(store, study)
+    if action == "export":
+        if not args.csv:
+            raise HilbenchError("hilbench study export needs --csv PATH")
+        table.to_csv(args.csv, index=False)
+        print(args.csv)
+        return 0
+    if args.json:
+        print(table.to_json(orient="records"))
+    else:
+        console.print(_study_summary(table, study.name))
+    failed = int((table.status == "failed").sum())
+    return 1 if action == "run" and failed else 0
+
+
+def _study_summary(table, name: str):
+    from rich.table import Table
+
+    out = Table(title=f"study {name}: {len(table)} points")
+    columns = [c for c in ("label", "status", "accuracy", "golden_accuracy", "golden_accuracy_full",
+                           "bitexact_rate", "bits_per_inference", "node_instructions_per_inference", "reason")
+               if c in table.columns]
+    for col in columns:
+        out.add_column(col, overflow="fold")
+    for _, row in table.iterrows():
+        out.add_row(*["" if _missing(row[c]) else f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
+                      for c in columns])
+    return out
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _cmd_datasets(args: argparse.Namespace) -> int:
     from quant_models.datasets import dataset_names
 
@@ -260,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--samples", type=int, help="test samples to run (default: the whole test split)")
     run.add_argument("--db", type=Path, help="results database (default: results/hilbench.sqlite)")
     run.add_argument("--new", action="store_true", help="start a new run even if this one exists (default: resume)")
+
+    study = sub.add_parser("study", help="run a study (a base experiment and a matrix of overrides), "
+                                         "or `study show FILE`, `study export FILE --csv PATH`")
+    study.add_argument("target", help="the study file to run, or show / export")
+    study.add_argument("study", nargs="?", help="with show / export: the study file")
+    study.add_argument("--json", action="store_true", help="print the study table as JSON records")
+    study.add_argument("--workers", type=int, help="Dask worker processes (default: one per core)")
+    study.add_argument("--scheduler", help="a Dask scheduler's address (tcp://host:8786) instead of a local cluster")
+    study.add_argument("--db", type=Path, help="results database (default: results/hilbench.sqlite)")
+    study.add_argument("--retry-failed", action="store_true", help="run the points that failed last time again")
+    study.add_argument("--csv", help="with export: the CSV file to write")
+    study.set_defaults(func=_cmd_study)
 
     report = sub.add_parser("report", help="figures and an HTML report from stored runs")
     report.add_argument("--run", action="append", help="run id (repeatable; default: every complete run)")

@@ -12,7 +12,7 @@ from harness.core.datafiles import read_mapping, validate
 from harness.core.errors import ConfigError
 
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
-SCHEMES = ("ours", "fdml", "centralized", "autoencoder")
+SCHEMES = ("ours", "fdml", "fdml-scores", "centralized", "autoencoder")
 
 
 class _Strict(BaseModel):
@@ -113,7 +113,7 @@ class Experiment(_Strict):
     description: str = ""
     dataset: str
     partition: str = "quadrants"
-    scheme: Literal["ours", "fdml", "centralized", "autoencoder"] = "ours"
+    scheme: Literal["ours", "fdml", "fdml-scores", "centralized", "autoencoder"] = "ours"
     code: CodeSpec
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
     head: HeadSpec = Field(default_factory=HeadSpec)
@@ -127,17 +127,18 @@ class Experiment(_Strict):
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def check_shape(self, nodes: int, classes: int) -> None:
-        """Checks that need the dataset and partition: C divisible by N, FDML's code length."""
+        """Checks that need the dataset and partition: C divisible by N, fdml-scores' code length."""
         if self.scheme == "centralized":
             return
         if self.code.values % nodes:
             raise ConfigError(
                 f"{self.source}: field 'code.values': C = {self.code.values} is not divisible by "
                 f"the {nodes} nodes of partition {self.partition!r}; pick a multiple of {nodes}")
-        if self.scheme == "fdml" and self.code.values != nodes * classes:
+        if self.scheme == "fdml-scores" and self.code.values != nodes * classes:
             raise ConfigError(
-                f"{self.source}: field 'code.values': scheme 'fdml' sums per-node class scores, so "
-                f"C must be nodes x classes = {nodes * classes} (got {self.code.values})")
+                f"{self.source}: field 'code.values': scheme 'fdml-scores' sums per-node class scores, so "
+                f"C must be nodes x classes = {nodes * classes} (got {self.code.values}); scheme 'fdml' "
+                "takes any C")
 
 
 def parse_experiment(data: object, source: str = "<memory>") -> Experiment:

@@ -6,7 +6,10 @@ are Brevitas QAT networks whose every scale is a power of two, so each can be lo
 all nodes' code values concatenated in node order, [B, C].
 
 Schemes (registry ``SCHEMES``): ``ours`` (FC hidden -> ReLU -> FC classes: the paper's T(c)),
-``fdml`` (learned weighted sum of per-node class scores), ``centralized`` (nodes send raw
+``fdml`` (as the paper compares against it: the same node encoders at any C, and a base station
+that takes one weighted sum of the received values per class, softmax in the loss),
+``fdml-scores`` (each node sends class scores, C = nodes x classes, and the base station learns
+one weight per node), ``centralized`` (nodes send raw
 pixels; the base station runs a conv net of comparable capacity on the whole image) and
 ``autoencoder`` (nodes' codes are trained to reconstruct their views; the base station
 reconstructs and classifies the reconstruction).
@@ -239,6 +242,17 @@ class MlpHead(nn.Module):
         return self.net(codes)
 
 
+class LinearHead(nn.Module):
+    """FDML's base station: logits = W c + b, one weighted sum of all received values per class."""
+
+    def __init__(self, code_total: int, classes: int):
+        super().__init__()
+        self.linear = nn.Linear(code_total, classes)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.linear(codes)
+
+
 class WeightedSumHead(nn.Module):
     """FDML: logits = sum_i w_i * s_i + b over the nodes' class-score vectors s_i (softmax in the loss)."""
 
@@ -374,7 +388,13 @@ def build_ours(exp: Experiment, partition: Partition, classes: int) -> SplitMode
 
 @register_scheme("fdml")
 def build_fdml(exp: Experiment, partition: Partition, classes: int) -> SplitModel:
-    return SplitModel(_encoders(exp, partition, classes), WeightedSumHead(partition.nodes, classes), "fdml")
+    k = exp.code.values // partition.nodes
+    return SplitModel(_encoders(exp, partition, k), LinearHead(exp.code.values, classes), "fdml")
+
+
+@register_scheme("fdml-scores")
+def build_fdml_scores(exp: Experiment, partition: Partition, classes: int) -> SplitModel:
+    return SplitModel(_encoders(exp, partition, classes), WeightedSumHead(partition.nodes, classes), "fdml-scores")
 
 
 @register_scheme("centralized")

@@ -73,7 +73,7 @@ def main() -> None:
             m = get_trained_model(exp).cached.metrics
             record["accuracy"].append({
                 "dataset": dataset, "experiment": name, "scheme": m["scheme"], "code_bits": m["code_bits"],
-                "bits_per_inference": {"ours": 256, "fdml": 160, "centralized": 6272}[m["scheme"]],
+                "bits_per_inference": {"ours": 256, "fdml-scores": 160, "centralized": 6272}[m["scheme"]],
                 "epochs": m["epochs"], "train_samples": m["train_samples"], "test_samples": m["test_samples"],
                 "test_accuracy": m["test_accuracy"], "train_seconds": m["train_seconds"],
                 "wall_seconds": time.perf_counter() - started})

@@ -61,6 +61,16 @@ CREATE TABLE IF NOT EXISTS inferences (
     attempts INTEGER, wire_bytes_sent INTEGER, wire_bytes_received INTEGER,
     PRIMARY KEY (run_id, node, sample)
 );
+CREATE TABLE IF NOT EXISTS study_points (
+    study TEXT NOT NULL, point_key TEXT NOT NULL,
+    position INTEGER NOT NULL, label TEXT NOT NULL,
+    overrides TEXT NOT NULL,        -- JSON: dotted field -> value
+    status TEXT NOT NULL,           -- pending | complete | failed
+    reason TEXT,                    -- why a point failed
+    row TEXT,                       -- JSON: the point's figures (see harness.study.point_row)
+    wall_s REAL, updated_at REAL,
+    PRIMARY KEY (study, point_key)
+);
 CREATE TABLE IF NOT EXISTS predictions (
     run_id TEXT NOT NULL, sample INTEGER NOT NULL, label INTEGER NOT NULL,
     prediction INTEGER NOT NULL, golden_prediction INTEGER NOT NULL,
@@ -201,7 +211,37 @@ class ResultsStore:
     def add_predictions(self, rows: Iterable[PredictionRow]) -> int:
         return self._insert("predictions", PREDICTION_COLUMNS, rows)
 
+    def put_study_points(self, study: str, points: Iterable[tuple[int, str, str, Mapping[str, Any]]]) -> None:
+        """Register a study's points (position, key, label, overrides); known points keep their
+        status and figures, so a rerun continues where the last one stopped."""
+        with closing(self._connect()) as con, con:
+            for position, key, label, overrides in points:
+                con.execute("INSERT INTO study_points (study, point_key, position, label, overrides, status, "
+                            "updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (study, point_key) DO "
+                            "UPDATE SET position = excluded.position, label = excluded.label",
+                            (study, key, position, label, json.dumps(overrides), time.time()))
+
+    def set_study_point(self, study: str, key: str, status: str, reason: str | None, row: Mapping[str, Any],
+                        wall_s: float | None = None) -> None:
+        with closing(self._connect()) as con, con:
+            con.execute("UPDATE study_points SET status = ?, reason = ?, row = ?, wall_s = ?, updated_at = ? "
+                        "WHERE study = ? AND point_key = ?",
+                        (status, reason, json.dumps(row), wall_s, time.time(), study, key))
+
+    def finished_study_points(self, study: str, statuses: tuple[str, ...] = ("complete", "failed")) -> set[str]:
+        """Keys of the study's points whose status is one of ``statuses``."""
+        with closing(self._connect()) as con:
+            rows = con.execute(f"SELECT point_key FROM study_points WHERE study = ? AND status IN "
+                               f"({', '.join('?' * len(statuses))})", (study, *statuses)).fetchall()
+        return {r[0] for r in rows}
+
     # -- reading ----------------------------------------------------------------------------
+
+    def study_points(self, study: str | None = None) -> pd.DataFrame:
+        """Study points in file order (``row`` and ``overrides`` as JSON text)."""
+        if study is None:
+            return self._frame("SELECT * FROM study_points ORDER BY study, position")
+        return self._frame("SELECT * FROM study_points WHERE study = ? ORDER BY position", (study,))
 
     def done_samples(self, run_id: str) -> dict[int, set[int]]:
         """Per node, the samples already stored."""

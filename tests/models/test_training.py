@@ -73,7 +73,8 @@ def test_dead_encoder_is_detected_and_revived():
 
 
 @pytest.mark.parametrize("scheme, bits, values", [
-    ("fdml", 4, 40), ("centralized", 8, 784), ("autoencoder", 4, 64), ("ours", "float", 64), ("ours", 3, 64),
+    ("fdml", 4, 16), ("fdml-scores", 4, 40), ("centralized", 8, 784), ("autoencoder", 4, 64), ("ours", "float", 64),
+    ("ours", 3, 64),
 ])
 def test_every_scheme_trains_and_its_head_exports(exported, scheme, bits, values):
     ex = exported(bits, scheme=scheme, values=values, samples=2000 if scheme == "autoencoder" else 600)
@@ -87,5 +88,5 @@ def test_every_scheme_trains_and_its_head_exports(exported, scheme, bits, values
     logits = head.run(None, {"codes": codes.float().numpy()})[0]
     assert np.allclose(logits, expected, atol=1e-4)
     man = ex.export.manifest
-    assert man["bits_per_inference"] == {"fdml": 160, "centralized": 6272, "autoencoder": 256}.get(
+    assert man["bits_per_inference"] == {"fdml": 64, "fdml-scores": 160, "centralized": 6272, "autoencoder": 256}.get(
         scheme, 64 * (32 if bits == "float" else bits))

@@ -48,11 +48,16 @@ def test_c_not_divisible_by_nodes(tmp_path):
         load_experiment(path).check_shape(4, 10)
 
 
-def test_fdml_code_length_must_be_nodes_times_classes(tmp_path):
-    exp = parse_experiment({"name": "f", "dataset": "mnist", "scheme": "fdml", "code": {"values": 64, "bits": 4}},
-                           "f.yaml")
-    with pytest.raises(ConfigError, match="nodes x classes = 40"):
-        exp.check_shape(4, 10)
+def test_fdml_takes_any_c_and_fdml_scores_needs_nodes_times_classes(tmp_path):
+    def exp(scheme, values):
+        return parse_experiment({"name": "f", "dataset": "mnist", "scheme": scheme,
+                                 "code": {"values": values, "bits": 4}}, "f.yaml")
+
+    for values in (12, 64, 1024):
+        exp("fdml", values).check_shape(4, 10)
+    exp("fdml-scores", 40).check_shape(4, 10)
+    with pytest.raises(ConfigError, match="nodes x classes = 40.*scheme 'fdml' takes any C"):
+        exp("fdml-scores", 64).check_shape(4, 10)
 
 
 def test_unknown_dataset_names_file_and_field(tmp_path):
