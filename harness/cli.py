@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -194,10 +193,18 @@ def _cmd_results_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from harness.report.html import write_report
+    from harness.report.html import write_report, write_study_report
     from harness.store.results import ResultsStore
 
-    report = write_report(ResultsStore(args.db), args.run, Path(args.out))
+    store = ResultsStore(args.db)
+    if args.study:
+        from harness.config.studies import load_study
+        from harness.study import study_table
+
+        study = load_study(args.study)
+        report = write_study_report(study_table(store, study), study.name, Path(args.out))
+    else:
+        report = write_report(store, args.run, Path(args.out))
     print(report)
     return 0
 
@@ -262,6 +269,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
 def _study_summary(table, name: str):
     from rich.table import Table
 
+    from harness.report.html import missing_value
+
     out = Table(title=f"study {name}: {len(table)} points")
     columns = [c for c in ("label", "status", "accuracy", "golden_accuracy", "golden_accuracy_full",
                            "bitexact_rate", "bits_per_inference", "node_instructions_per_inference", "reason")
@@ -269,13 +278,9 @@ def _study_summary(table, name: str):
     for col in columns:
         out.add_column(col, overflow="fold")
     for _, row in table.iterrows():
-        out.add_row(*["" if _missing(row[c]) else f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
+        out.add_row(*["" if missing_value(row[c]) else f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
                       for c in columns])
     return out
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
@@ -328,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="figures and an HTML report from stored runs")
     report.add_argument("--run", action="append", help="run id (repeatable; default: every complete run)")
+    report.add_argument("--study", help="a study file: its table and figures instead of runs")
     report.add_argument("--out", required=True, help="output directory")
     report.add_argument("--db", type=Path, help="results database (default: results/hilbench.sqlite)")
     report.set_defaults(func=_cmd_report)

@@ -1,15 +1,21 @@
-"""A self-contained HTML report from runs in the results store: run and node tables, the
-figures of :mod:`harness.report.figures` embedded as base64 so the HTML stands alone, and the
-run summaries as JSON."""
+"""Self-contained HTML reports, figures embedded as base64 so the HTML stands alone: one from runs
+in the results store (run and node tables, :mod:`harness.report.figures`, the run summaries as
+JSON), one from a study's table (its points, :mod:`harness.report.study_figures`)."""
 from __future__ import annotations
 
 import base64
 import html
 import json
+import math
 from pathlib import Path
 
+import pandas as pd
+
 from harness.core.errors import HilbenchError
-from harness.report.figures import accuracy_vs_bits, bits_and_bytes, energy_per_inference, latency_distributions
+from harness.report.figures import (Figure, accuracy_vs_bits, bits_and_bytes, energy_per_inference,
+                                    latency_distributions)
+from harness.report.study_figures import accuracy_vs_code_size, energy_vs_accuracy
+from harness.report.study_figures import accuracy_vs_bits as study_accuracy_vs_bits
 from harness.store.results import ResultsStore
 
 
@@ -42,6 +48,45 @@ def _html_table(head, rows) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _page(title: str, intro: str, sections: list[str], figures: list[Figure]) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title><style>",
+             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px}figure{margin:2em 0}figcaption{font-size:13px;color:#333}",
+             f"</style></head><body><h1>{html.escape(title)}</h1>", intro, *sections]
+    for fig in figures:
+        data = base64.b64encode(fig.path.read_bytes()).decode()
+        parts.append(f"<figure><h2>{html.escape(fig.title)}</h2><img src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_study_report(table: pd.DataFrame, name: str, out: Path) -> Path:
+    """Figures and ``report.html`` for a study's table (``harness.study.study_table``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = [accuracy_vs_code_size(table, out), study_accuracy_vs_bits(table, out), energy_vs_accuracy(table, out)]
+    shown = [c for c in STUDY_COLUMNS if c in table.columns]
+    rows = [["" if missing_value(v) else f"{v:.4f}" if isinstance(v, float) else v for v in r]
+            for r in table[shown].itertuples(index=False)]
+    intro = (f"<p>{len(table)} points, {int((table.status == 'complete').sum())} complete, "
+             f"{int((table.status == 'failed').sum())} failed.</p>")
+    page = _page(f"hilbench study {name}", intro, ["<h2>Points</h2>", _html_table(shown, rows)],
+                 [f for f in drawn if f is not None])
+    report = out / "report.html"
+    report.write_text(page)
+    return report
+
+
+STUDY_COLUMNS = ("label", "status", "accuracy", "golden_accuracy", "golden_accuracy_full", "bitexact_rate",
+                 "bits_per_inference", "coded_bits_per_inference", "node_instructions_per_inference",
+                 "node_cycles_per_inference", "flash_bytes", "ram_bytes", "compute_energy_uj", "radio_energy_uj",
+                 "basis", "reason")
+
+
+def missing_value(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def write_report(store: ResultsStore, run_ids: list[str] | None, out: Path) -> Path:
     """Figures and ``report.html`` for the given runs (default: every complete run)."""
     runs = store.runs()
@@ -58,19 +103,10 @@ def write_report(store: ResultsStore, run_ids: list[str] | None, out: Path) -> P
     out.mkdir(parents=True, exist_ok=True)
     drawn = [accuracy_vs_bits(summaries, out), latency_distributions(store, summaries, out),
              bits_and_bytes(summaries, out), energy_per_inference(summaries, out)]
-    figures = [f for f in drawn if f is not None]
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>hilbench report</title><style>",
-             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px}figure{margin:2em 0}figcaption{font-size:13px;color:#333}",
-             "</style></head><body><h1>hilbench report</h1>",
-             f"<p>Database: {html.escape(str(store.path))}. Runs: {len(summaries)}.</p>",
-             "<h2>Runs</h2>", _run_table(summaries), "<h2>Nodes</h2>", _node_table(summaries)]
-    for fig in figures:
-        data = base64.b64encode(fig.path.read_bytes()).decode()
-        parts.append(f"<figure><h2>{html.escape(fig.title)}</h2><img src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
-    parts.append("<h2>Run summaries (JSON)</h2><pre>" + html.escape(json.dumps(summaries, indent=1)) + "</pre>")
-    parts.append("</body></html>")
+    page = _page("hilbench report", f"<p>Database: {html.escape(str(store.path))}. Runs: {len(summaries)}.</p>",
+                 ["<h2>Runs</h2>", _run_table(summaries), "<h2>Nodes</h2>", _node_table(summaries),
+                  "<h2>Run summaries (JSON)</h2><pre>" + html.escape(json.dumps(summaries, indent=1)) + "</pre>"],
+                 [f for f in drawn if f is not None])
     report = out / "report.html"
-    report.write_text("\n".join(parts))
+    report.write_text(page)
     return report

@@ -82,3 +82,8 @@ def test_study_cli_json_show_and_export(study_file, tmp_path):
     assert export.returncode == 0, export.stderr
     header = csv.read_text().splitlines()[0].split(",")
     assert {"label", "code.bits", "code.values", "status", "accuracy"} <= set(header)
+    report = subprocess.run([sys.executable, "-m", "harness.cli", "report", "--study", str(study_file), "--db", str(db),
+                             "--out", str(tmp_path / "report")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("<figure>") == 3 and "Figure 3)" in page and "FLASH" in page
