@@ -1,7 +1,9 @@
 """pytest plugin (entry point ``pytest11``): run hilbench benchmarks from pytest.
 
 Options: ``--hil-device NAME`` (device profile for every node), ``--hil-experiment FILE``
-(default experiments/smoke.yaml), ``--hil-db FILE`` (results database), ``--hil-samples N``.
+(default experiments/smoke.yaml), ``--hil-db FILE`` (results database), ``--hil-samples N``,
+``--hil-study FILE`` (one test per point of a study: the point is run as ``hilbench study`` runs
+it, recorded as a study point in the results database, and fails with the point's reason).
 Marker ``hil_hardware``: the test needs ``--hil-device`` and is skipped without it.
 Fixtures: ``hil_device`` (the profile), ``hil_experiment``, ``hil_store``, ``hil_target`` (node 0
 of the experiment deployed on the device) and ``hil_run`` (run the experiment on the device;
@@ -27,6 +29,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--hil-experiment", default="experiments/smoke.yaml", help="experiment file for hil fixtures")
     group.addoption("--hil-db", default=None, help="results database (default: results/hilbench.sqlite)")
     group.addoption("--hil-samples", type=int, default=50, help="test samples per hil_run (default 50)")
+    group.addoption("--hil-study", default=None, help="a study file: one test per point")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -34,10 +37,70 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_OPTIONS] = {
         "device": config.getoption("--hil-device"), "experiment": config.getoption("--hil-experiment"),
         "db": config.getoption("--hil-db"), "samples": config.getoption("--hil-samples"),
+        "study": config.getoption("--hil-study"),
     }
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+class StudyPointItem(pytest.Item):
+    """One point of ``--hil-study``: trained (or from the cache), run on its devices or on the
+    host, and recorded in the results database like a point of ``hilbench study``."""
+
+    def __init__(self, *, plan, db: str | None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.db = db
+
+    def runtest(self) -> None:
+        from harness.store.results import ResultsStore
+        from harness.study import StudyTask, run_task
+
+        store = ResultsStore(self.db)
+        result = run_task(StudyTask([self.plan]), str(store.path))[0]
+        store.set_study_point(self.plan.study, result["key"], result["status"], result["reason"], result["row"],
+                              result["wall_s"])
+        for key in ("accuracy", "golden_accuracy", "bitexact_rate", "bits_per_inference", "run_id", "basis"):
+            if key in result["row"]:
+                self.user_properties.append((f"hil_{key}", result["row"][key]))
+        if result["status"] != "complete":
+            raise StudyPointFailed(result["reason"])
+        row = result["row"]
+        if self.plan.on_device and row["bitexact_rate"] != 1.0:
+            raise StudyPointFailed(f"device codes differ from golden: bit-exact rate {row['bitexact_rate']}")
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, StudyPointFailed):
+            return f"study point {self.plan.label}: {excinfo.value}"
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, f"study point {self.plan.label}"
+
+
+class StudyPointFailed(Exception):
+    """A study point that did not complete, or whose device codes are not golden."""
+
+
+def _study_items(session: pytest.Session, config: pytest.Config) -> list[pytest.Item]:
+    from harness.config.studies import load_study
+    from harness.core.errors import HilbenchError
+    from harness.store.results import ResultsStore
+    from harness.study import plan_study
+
+    options = config.stash[_OPTIONS]
+    try:
+        study = load_study(options["study"])
+        plans = plan_study(study)
+    except HilbenchError as exc:
+        raise pytest.UsageError(f"--hil-study: {exc}") from exc
+    ResultsStore(options["db"]).put_study_points(study.name, [(p.position, p.key, p.label, p.overrides)
+                                                              for p in plans])
+    return [StudyPointItem.from_parent(session, name=f"{study.name}[{p.label}]", plan=p, db=options["db"])
+            for p in plans]
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash[_OPTIONS]["study"]:
+        items.extend(_study_items(session, config))
     if config.stash[_OPTIONS]["device"]:
         return
     skip = pytest.mark.skip(reason="hil_hardware: no device given (use --hil-device NAME)")

@@ -52,3 +52,25 @@ def test_unknown_device_is_a_clear_error(example):
 def test_plugin_options_are_listed_in_help(pytester):
     result = pytester.runpytest_subprocess("--help")
     result.stdout.fnmatch_lines(["*--hil-device=HIL_DEVICE*", "*--hil-experiment=HIL_EXPERIMENT*", "*--hil-db=HIL_DB*"])
+
+
+def test_a_study_runs_as_one_test_per_point_and_is_recorded(pytester, tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(f"""
+name: plugin-study
+base: {REPO / "experiments" / "smoke.yaml"}
+matrix:
+  zip: {{code.bits: [4, float, 4], code.values: [64, 64, 1600], training.epochs: [1, 1, 0],
+         encoder.layers: [null, null, [{{conv: {{channels: 16}}}}]]}}
+run: {{nodes_device: stm32f405-qemu, samples: 8}}
+""")
+    db = tmp_path / "plugin.sqlite"
+    result = pytester.runpytest_subprocess("--hil-study", str(study), "--hil-db", str(db), "-p", "no:cacheprovider",
+                                           "-v", "--junitxml", str(tmp_path / "junit.xml"))
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*plugin-study[[]code.bits=4,code.values=64,training.epochs=1[]] PASSED*",
+                                 "*study point code.bits=4,code.values=1600,* FLASH*overflowed*"])
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT label, status FROM study_points ORDER BY position").fetchall()
+    assert [status for _, status in rows] == ["complete", "complete", "failed"]
+    assert 'name="hil_bitexact_rate" value="1.0"' in (tmp_path / "junit.xml").read_text()
