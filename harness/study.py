@@ -44,6 +44,7 @@ class PointPlan:
     overrides: dict[str, Any]
     experiment: dict[str, Any]  # the validated experiment as data (it travels to a worker)
     source: str
+    model_key: str  # the experiment's content hash: points that share it share a trained model
     on_device: bool
     options: RunOptions | None
     emulated_boards: int = 0
@@ -93,8 +94,8 @@ def plan_study(study: Study) -> list[PointPlan]:
             boards = sum(1 for p in profiles if p.emulated and p.kind == "mcu")
             real = tuple(sorted({p.name for p in run_plan.profiles.values() if not p.emulated}))
         plans.append(PointPlan(study.name, position, point_key(point, on_device, options), point.label,
-                               point.overrides, exp.model_dump(mode="json"), exp.source, on_device, options,
-                               boards, real))
+                               point.overrides, exp.model_dump(mode="json"), exp.source, exp.content_hash(),
+                               on_device, options, boards, real))
     return plans
 
 
@@ -103,8 +104,7 @@ def schedule(plans: list[PointPlan], done: set[str]) -> list[StudyTask]:
     groups: dict[str, StudyTask] = defaultdict(StudyTask)
     for plan in plans:
         if plan.key not in done:
-            groups[json.dumps({k: v for k, v in plan.experiment.items() if k not in ("name", "description", "devices")},
-                              sort_keys=True)].points.append(plan)
+            groups[plan.model_key].points.append(plan)
     return list(groups.values())
 
 
@@ -113,8 +113,7 @@ def schedule(plans: list[PointPlan], done: set[str]) -> list[StudyTask]:
 def _experiment_of(plan: PointPlan):
     from quant_models.experiment import parse_experiment
 
-    data = {k: v for k, v in plan.experiment.items()}
-    return parse_experiment(data, plan.source)
+    return parse_experiment(dict(plan.experiment), plan.source)
 
 
 def _node_mean(nodes: list[dict], key: str) -> float | None:
