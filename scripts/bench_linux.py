@@ -119,18 +119,18 @@ def runner_throughput_local(files, code_exponent: int, views: np.ndarray, repeat
     """Views per second through the runner's own inference loop, in process (no SSH): median,
     min and max over ``repeats`` passes."""
     model = runner_model(files, code_exponent)
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model.infer(views)
-        rates.append(len(views) / (time.perf_counter() - started))
-    return {"median": float(np.median(rates)), "min": float(min(rates)), "max": float(max(rates))}
+    return _spread([_local_rate(model, views) for _ in range(repeats)])
 
 
 def _local_rate(model, views: np.ndarray) -> float:
+    """Views per second of one pass of ``views`` through ``model.infer`` in this process."""
     started = time.perf_counter()
     model.infer(views)
     return len(views) / (time.perf_counter() - started)
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
 
 
 def over_ssh(device: str, files, code_exponent: int, views: np.ndarray, batches, repeats: int,
@@ -172,8 +172,7 @@ def over_ssh(device: str, files, code_exponent: int, views: np.ndarray, batches,
                 "batch_size": batch, "views": int(len(stream)), "repeats": repeats,
                 "views_per_second": float(np.median(rates)),
                 "views_per_second_range": [float(min(rates)), float(max(rates))],
-                **({"over_local_paired": {"median": float(np.median(ratios)), "min": float(min(ratios)),
-                                          "max": float(max(ratios))}} if ratios else {}),
+                **({"over_local_paired": _spread(ratios)} if ratios else {}),
                 "device_latency": percentiles(np.concatenate(device_ns)),
                 "round_trip_ms_per_batch": {"p50": float(np.percentile(rtt, 50) * 1000),
                                             "p90": float(np.percentile(rtt, 90) * 1000)}})
