@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from harness.core.errors import ModelError
 from harness.core.registry import Registry
 
-from . import layers
+from . import fast_qat, layers
 from .experiment import EncoderSpec, Experiment
 from .intparams import ConvOp, FcOp, IntEncoder, IntOp, MaxPoolOp, Requant
 from .partition import Partition
@@ -120,6 +120,10 @@ def _lower_affine(layer, act, in_exp: int, clip_max: int | None):
 class NodeEncoder(nn.Module):
     """C_i: the encoder one node runs on its view; outputs k code values (float or quantized)."""
 
+    # Training a quantized encoder runs fast_qat's forward (the same values and gradients as the
+    # Brevitas modules'); False, on an instance or the class, keeps the Brevitas forward.
+    fast_training: bool = True
+
     def __init__(self, spec: EncoderSpec, view_shape: tuple[int, int], code_len: int,
                  bits: int | Literal["float"]):
         super().__init__()
@@ -143,7 +147,9 @@ class NodeEncoder(nn.Module):
                 stages.append(FcStage(c * h * w, fc.units, self.quantized, spec.activation_bits))
                 c, h, w = fc.units, 1, 1
             if h < 1 or w < 1:
-                raise ModelError(f"encoder layers shrink the {view_shape} view to nothing")
+                raise ModelError(f"encoder layers shrink the {view_shape[0]}x{view_shape[1]} view to nothing; use "
+                                 "fewer pooling layers, smaller kernels or more padding (field 'encoder.layers'), "
+                                 "or a coarser partition (field 'partition')")
         # 1-bit codes: a 2-bit unsigned quantizer clipped at its first level. Brevitas' QCDQ
         # export refuses 1-bit quantizers, and its bipolar 1-bit quantizer is wrong for 0/1 codes.
         one_level = bits == 1
@@ -151,8 +157,22 @@ class NodeEncoder(nn.Module):
         self.code_stage = FcStage(c * h * w, code_len, self.quantized, code_bits, CODE_INIT_MAX, one_level)
         self.stages = nn.ModuleList(stages)
         self.code_len = code_len
+        self._fast_plan: fast_qat.FastPlan | None | Literal[False] = False
+
+    def _fast_training_plan(self) -> fast_qat.FastPlan | None:
+        if self._fast_plan is False:
+            stages = [fast_qat.Stage("pool", pool=s.size) if isinstance(s, PoolStage) else
+                      fast_qat.Stage("conv", s.conv, s.act.act_quant) if isinstance(s, ConvStage) else
+                      fast_qat.Stage("fc", s.fc, s.act.act_quant)
+                      for s in [*self.stages, self.code_stage]]
+            self._fast_plan = fast_qat.build_plan(self.input.act_quant, stages, self.code_stage.one_level)
+        return self._fast_plan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized and self.training and self.fast_training and torch.is_grad_enabled():
+            plan = self._fast_training_plan()
+            if plan is not None:
+                return fast_qat.training_forward(plan, x)
         x = self.input(x)
         for stage in self.stages:
             x = stage(x)
@@ -196,6 +216,7 @@ class NodeEncoder(nn.Module):
         if self.quantized:
             fresh = layers.quant_relu(int(stage.act.act_quant.bit_width()), CODE_INIT_MAX)
             stage.act.load_state_dict(fresh.state_dict())
+            self._fast_plan = False
 
 
 class RawNode(nn.Module):
