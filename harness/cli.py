@@ -5,19 +5,62 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.core.errors import HilbenchError
 
+if TYPE_CHECKING:
+    from quant_models.datasets import Dataset
+    from quant_models.experiment import Experiment
+
+    from harness.store.results import ResultsStore
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1, else a usage error naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text!r})")
+    return value
+
+
+def _checked_experiment(path: str) -> tuple[Experiment, Dataset]:
+    """The experiment and its dataset, with its partition, C and encoder checked against the data,
+    so a bad file fails before anything trains."""
+    from quant_models.datasets import load_experiment_dataset
+    from quant_models.experiment import load_experiment
+
+    exp = load_experiment(path)
+    data = load_experiment_dataset(exp)
+    exp.partition_for(data.image_shape, data.classes)
+    return exp, data
+
+
+def _results_store(db: Path | None) -> ResultsStore:
+    from harness.store.results import ResultsStore
+
+    try:
+        return ResultsStore(db)
+    except OSError as exc:
+        blocked = next((p for p in Path(db or ".").parents if p.is_file()), None)
+        why = f"{blocked} is a file, not a directory" if blocked else exc.strerror or str(exc)
+        raise HilbenchError(f"{db or 'results/hilbench.sqlite'}: cannot open the results database ({why}); "
+                            "give --db a file in a directory you can write") from exc
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from quant_models.experiment import load_experiment
+    exp, data = _checked_experiment(args.experiment)
+
     from quant_models.pipeline import get_trained_model
 
     from harness.console import console, key_value_table, progress_factory
 
-    exp = load_experiment(args.experiment)
     with progress_factory() as progress:
-        trained = get_trained_model(exp, retrain=args.retrain, progress=progress, cache_root=args.cache_dir)
+        trained = get_trained_model(exp, retrain=args.retrain, progress=progress, cache_root=args.cache_dir,
+                                    data=data)
     m = trained.cached.metrics
     summary = {
         "experiment": exp.name, "trained": "now" if trained.trained_now else "no (cache hit)",
@@ -35,14 +78,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from quant_models.experiment import load_experiment
+    exp, data = _checked_experiment(args.experiment)
+
     from quant_models.pipeline import export_trained, get_trained_model
 
     from harness.console import console, key_value_table, progress_factory
 
-    exp = load_experiment(args.experiment)
     with progress_factory() as progress:
-        trained = get_trained_model(exp, progress=progress, cache_root=args.cache_dir)
+        trained = get_trained_model(exp, progress=progress, cache_root=args.cache_dir, data=data)
     result = export_trained(exp, trained, Path(args.out))
     man = result.manifest
     if args.json:
@@ -88,22 +131,25 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
 
 def _cmd_devices_check(args: argparse.Namespace) -> int:
     """Deploy node 0 of an experiment's model to the device and shake hands (HELLO, PING)."""
-    from quant_models.experiment import load_experiment
-    from quant_models.pipeline import get_exported
+    from harness.config.profiles import get_profile, preflight
 
-    from harness.config.profiles import get_profile
     from harness.console import console, key_value_table, progress_factory
-    from harness.targets.mcu.deploy import deploy_mcu_node
 
     profile = get_profile(args.name)
+    preflight(profile)
     if profile.kind != "mcu":
         from harness.targets.linux.roles import check_linux_device
 
         console.print(key_value_table(f"{profile.name}: ok", check_linux_device(profile)))
         return 0
-    exp = load_experiment(args.experiment)
+    exp, data = _checked_experiment(args.experiment)
+
+    from quant_models.pipeline import get_exported
+
+    from harness.targets.mcu.deploy import deploy_mcu_node
+
     with progress_factory() as progress:
-        encoder = get_exported(exp, progress=progress).encoders[0]
+        encoder = get_exported(exp, progress=progress, data=data).encoders[0]
     with deploy_mcu_node(profile, encoder) as node:
         hello, rtt = node.target.hello, node.target.ping()
         fw = node.firmware
@@ -124,13 +170,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from quant_models.experiment import load_experiment
 
     from harness.console import console, progress_factory, summary_table
-    from harness.store.results import ResultsStore
     from harness.run import RunOptions, run_experiment
 
     exp = load_experiment(args.experiment)
-    store = ResultsStore(args.db)
+    store = _results_store(args.db)
+    from harness.transports.faults import parse_link_faults
+
     options = RunOptions(nodes_device=args.nodes_device, gateway_device=args.gateway_device,
-                         samples=args.samples, new=args.new)
+                         samples=args.samples, new=args.new, device_slots=args.device_slots,
+                         link_faults=parse_link_faults(args.link_faults) if args.link_faults else None)
     with progress_factory() as progress:
         summary = run_experiment(exp, store, options, progress)
     console.print(summary_table(summary))
@@ -144,9 +192,8 @@ def _cmd_results_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from harness.console import stdout
-    from harness.store.results import ResultsStore
 
-    runs = ResultsStore(args.db).runs()
+    runs = _results_store(args.db).runs()
     table = Table(title=f"runs in {args.db or 'results/hilbench.sqlite'}")
     table.add_column("run_id", no_wrap=True)
     for col in ("experiment", "status", "samples", "nodes on", "gateway", "emulated", "accuracy"):
@@ -161,9 +208,8 @@ def _cmd_results_list(args: argparse.Namespace) -> int:
 
 def _cmd_results_show(args: argparse.Namespace) -> int:
     from harness.console import console, summary_table
-    from harness.store.results import ResultsStore
 
-    run = ResultsStore(args.db).run(args.run_id)
+    run = _results_store(args.db).run(args.run_id)
     if run["summary"] is None:
         console.print(f"run {args.run_id} is {run['status']}: no summary yet (run it again to resume)")
         return 1
@@ -175,9 +221,8 @@ def _cmd_results_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_results_export(args: argparse.Namespace) -> int:
-    from harness.store.results import ResultsStore
 
-    store = ResultsStore(args.db)
+    store = _results_store(args.db)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run_ids = args.run or list(store.runs().run_id)
@@ -194,9 +239,8 @@ def _cmd_results_export(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from harness.report.html import write_report, write_study_report
-    from harness.store.results import ResultsStore
 
-    store = ResultsStore(args.db)
+    store = _results_store(args.db)
     if args.study:
         from harness.config.studies import load_study
         from harness.study import study_table
@@ -238,14 +282,15 @@ def _cmd_study(args: argparse.Namespace) -> int:
     --csv PATH`` writes it as CSV."""
     from harness.config.studies import load_study
     from harness.console import console, progress_factory
-    from harness.store.results import ResultsStore
     from harness.study import run_study, study_table
 
     action, target = ("run", args.target) if args.target not in ("show", "export") else (args.target, args.study)
     if target is None:
         raise HilbenchError(f"hilbench study {action} needs the study file")
+    if action == "export" and not args.csv:
+        raise HilbenchError("hilbench study export needs --csv PATH")
     study = load_study(target)
-    store = ResultsStore(args.db)
+    store = _results_store(args.db)
     if action == "run":
         with progress_factory() as progress:
             table = run_study(study, store, workers=args.workers, scheduler=args.scheduler,
@@ -253,8 +298,6 @@ def _cmd_study(args: argparse.Namespace) -> int:
     else:
         table = study_table(store, study)
     if action == "export":
-        if not args.csv:
-            raise HilbenchError("hilbench study export needs --csv PATH")
         table.to_csv(args.csv, index=False)
         print(args.csv)
         return 0
@@ -315,16 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
     run = experiment_command("run", "run an experiment end to end on devices (default: emulated)", _cmd_run)
     run.add_argument("--nodes-device", help="device profile for every node (default: the experiment's)")
     run.add_argument("--gateway-device", help="'host' or a linux device profile that runs the head")
-    run.add_argument("--samples", type=int, help="test samples to run (default: the whole test split)")
+    run.add_argument("--samples", type=positive_int, help="test samples to run (default: the whole test split)")
     run.add_argument("--db", type=Path, help="results database (default: results/hilbench.sqlite)")
     run.add_argument("--new", action="store_true", help="start a new run even if this one exists (default: resume)")
+    run.add_argument("--device-slots", type=positive_int,
+                     help="node devices open at once; nodes beyond run in turn (default: every real device, "
+                          "and 2 emulated nodes per core; also $HILBENCH_DEVICE_SLOTS)")
+    run.add_argument("--link-faults", metavar="SPEC",
+                     help="inject link faults between harness and devices, e.g. flip=5e-4,drop=2e-4,garbage=1e-4,"
+                          "stall=1e-3,reset=50000,seed=1 (seeded and reproducible; reported in the run JSON)")
 
     study = sub.add_parser("study", help="run a study (a base experiment and a matrix of overrides), "
                                          "or `study show FILE`, `study export FILE --csv PATH`")
     study.add_argument("target", help="the study file to run, or show / export")
     study.add_argument("study", nargs="?", help="with show / export: the study file")
     study.add_argument("--json", action="store_true", help="print the study table as JSON records")
-    study.add_argument("--workers", type=int, help="Dask worker processes (default: one per core)")
+    study.add_argument("--workers", type=positive_int, help="Dask worker processes (default: one per core)")
     study.add_argument("--scheduler", help="a Dask scheduler's address (tcp://host:8786) instead of a local cluster")
     study.add_argument("--db", type=Path, help="results database (default: results/hilbench.sqlite)")
     study.add_argument("--retry-failed", action="store_true", help="run the points that failed last time again")

@@ -12,35 +12,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import queue
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from harness.config.profiles import DeviceProfile, get_profile
-from harness.core.errors import ConfigError
+from harness.config.profiles import DeviceProfile, get_profile, preflight
+from harness.core.errors import BuildError, ConfigError, DeviceError
 from harness.core.paths import REPO_ROOT
 from harness.measure.meters import METERS
 from harness.measure.radio_models import get_radio_profile
 from harness.store.results import InferenceRow, ResultsStore, stored_codes
 from harness.store.summary import DEFAULT_RADIO, RunSummary, summarize_run
+from harness.transports.faults import LinkFaults, injecting
 from harness.targets.contract import GATEWAYS, NODE_TARGETS, NodeReply, NodeTarget, open_gateway, open_node_target
 from quant_models import golden
 from quant_models.datasets import Dataset, load_experiment_dataset
 from quant_models.experiment import Experiment
 from quant_models.intparams import IntEncoder
-from quant_models.partition import Partition, make_partition
+from quant_models.partition import Partition
 
 if TYPE_CHECKING:
     from quant_models.pipeline import ExportedModel
 
-BATCH = 25  # samples per committed batch and per progress step
+BATCH = 25  # rows per node in a committed batch
+COMMIT_SECONDS = 1.0  # rows wait at most about this long to be committed
+MAX_NODE_RESETS = 3  # resets of one node in a row, without a finished inference, before it fails
+EMULATED_NODES_PER_CORE = 2
+DEVICE_SLOTS_ENV = "HILBENCH_DEVICE_SLOTS"
 ENTROPY_TRAIN_SAMPLES = 2000  # training-split codes the entropy coders are fitted on
 PACKAGES = ("hilbench", "torch", "brevitas", "onnx", "onnxruntime", "numpy", "pyserial", "asyncssh")
 
@@ -53,6 +59,8 @@ class RunOptions:
     gateway_device: str | None = None
     samples: int | None = None
     new: bool = False  # start a fresh run even if an identical one exists
+    device_slots: int | None = None  # node targets open at once (default: see device_slots())
+    link_faults: LinkFaults | None = None  # a fault-injecting proxy on every node's link
 
 
 def _git_commit() -> str | None:
@@ -75,29 +83,103 @@ def _versions() -> dict[str, str]:
     return found
 
 
-class _NodeWorker:
-    """Runs one node's samples; stops between inferences when asked."""
+class NodeFailed(DeviceError):
+    """A node's device failed for good (after its resets); other nodes' rows are kept."""
 
-    def __init__(self, target: NodeTarget, views: np.ndarray, golden_codes: np.ndarray, run_id: str, stop: threading.Event):
-        self.target, self.views, self.golden_codes = target, views, golden_codes
-        self.run_id, self.stop = run_id, stop
 
-    def run(self, samples: list[int]) -> list[InferenceRow]:
-        rows: list[InferenceRow] = []
-        for s in samples:
-            if self.stop.is_set():
-                break
-            reply: NodeReply = self.target.infer(self.views[s])
-            golden_code = self.golden_codes[s].tobytes()
-            rows.append({"run_id": self.run_id, "node": self.target.encoder.node, "sample": s,
-                         "device": self.target.profile.name, "ticks": reply.ticks,
-                         "device_count": reply.device_count, "device_unit": reply.device_unit,
-                         "latency": reply.latency, "latency_unit": reply.latency_unit,
-                         "latency_basis": reply.latency_basis, "host_rtt_s": reply.host_rtt_s,
-                         "code": reply.code, "golden_code": golden_code, "bitexact": int(reply.code == golden_code),
-                         "attempts": reply.attempts, "wire_bytes_sent": reply.wire_bytes_sent,
-                         "wire_bytes_received": reply.wire_bytes_received})
-        return rows
+@dataclass
+class _Event:
+    kind: str  # "opened" (target), "row", "closing" (target, link), "reset" (error)
+    node: int
+    target: NodeTarget | None = None
+    row: InferenceRow | None = None
+    error: BaseException | None = None
+    link: dict[str, Any] | None = None
+
+
+def _link_report(target: NodeTarget) -> dict[str, Any] | None:
+    """The target's link counters (retries, timeouts, faults injected...), if it keeps any."""
+    report = getattr(target, "link_report", None)
+    return report() if callable(report) else None
+
+
+def _add_counts(total: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """Counters summed key by key, nested dicts too (one node's link over its resets)."""
+    for key, value in more.items():
+        if isinstance(value, dict):
+            total[key] = _add_counts(dict(total.get(key) or {}), value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+        else:
+            total[key] = value
+    return total
+
+
+class _NodeRunner:
+    """Runs one node's samples on its own target, resetting the target (relaunching an emulator,
+    redeploying a board, reopening a session) when it fails, and resuming from the next sample.
+    Reports to the engine's thread through ``events``; stops between inferences when asked."""
+
+    def __init__(self, plan: RunPlan, model: ExportedModel, node: int, views: np.ndarray,
+                 golden_codes: np.ndarray, samples: list[int], run_id: str,
+                 events: queue.Queue[_Event], stop: threading.Event, link_faults: LinkFaults | None = None):
+        self.plan, self.model, self.node = plan, model, node
+        self.link_faults = link_faults
+        self.profile = plan.profiles[plan.node_devices[node]]
+        self.views, self.golden_codes, self.samples = views, golden_codes, samples
+        self.run_id, self.events, self.stop = run_id, events, stop
+
+    def run(self) -> None:
+        pending = list(self.samples)
+        resets = 0
+        while pending and not self.stop.is_set():
+            try:
+                with injecting(self.link_faults), \
+                        open_node_target(self.profile, self.model.encoders[self.node], self.model.directory) as target:
+                    self.events.put(_Event("opened", self.node, target=target))
+                    try:
+                        while pending and not self.stop.is_set():
+                            self.events.put(_Event("row", self.node, row=self._infer(target, pending[0])))
+                            pending.pop(0)
+                            resets = 0
+                    finally:
+                        self.events.put(_Event("closing", self.node, target=target, link=_link_report(target)))
+            except BuildError:
+                raise  # deterministic: another deployment would fail the same way
+            except DeviceError as exc:  # as a ConfigError (a wrong profile or model), never retried
+                resets += 1
+                if resets > MAX_NODE_RESETS:
+                    raise NodeFailed(
+                        f"node {self.node} on device {self.profile.name} ({self.profile.source}) failed "
+                        f"{resets} times in a row without finishing an inference; last error: {exc}. "
+                        f"The {len(self.samples) - len(pending)} inferences it finished are kept: rerun "
+                        "the same command to resume; check the board (cable, power, --device-slots for "
+                        "emulators on a busy machine)") from exc
+                self.events.put(_Event("reset", self.node, error=exc))
+
+    def _infer(self, target: NodeTarget, s: int) -> InferenceRow:
+        reply: NodeReply = target.infer(self.views[s])
+        golden_code = self.golden_codes[s].tobytes()
+        return {"run_id": self.run_id, "node": self.node, "sample": s,
+                "device": self.profile.name, "ticks": reply.ticks,
+                "device_count": reply.device_count, "device_unit": reply.device_unit,
+                "latency": reply.latency, "latency_unit": reply.latency_unit,
+                "latency_basis": reply.latency_basis, "host_rtt_s": reply.host_rtt_s,
+                "code": reply.code, "golden_code": golden_code, "bitexact": int(reply.code == golden_code),
+                "attempts": reply.attempts, "wire_bytes_sent": reply.wire_bytes_sent,
+                "wire_bytes_received": reply.wire_bytes_received}
+
+
+def device_slots(emulated_nodes: int, real_nodes: int, cores: int, override: int | None = None) -> int:
+    """How many node targets a run keeps open at once. Real devices each serve their own node;
+    emulators share the host's cores, ``EMULATED_NODES_PER_CORE`` each unless overridden
+    (``--device-slots``, ``$HILBENCH_DEVICE_SLOTS``). Nodes beyond the slots run in turn."""
+    nodes = emulated_nodes + real_nodes
+    if override is not None:
+        return max(1, min(override, nodes))
+    if emulated_nodes == 0:
+        return max(1, nodes)
+    return max(1, min(nodes, real_nodes + EMULATED_NODES_PER_CORE * max(1, cores)))
 
 
 @dataclass(frozen=True)
@@ -112,13 +194,17 @@ class RunPlan:
     data: Dataset
     partition: Partition
     samples: int
+    link_faults: LinkFaults | None = None  # injected on every node's link (--link-faults)
 
 
 def _check_node_profile(profile: DeviceProfile) -> None:
     if profile.kind not in NODE_TARGETS:
         raise ConfigError(f"{profile.source}: field 'kind': no node target for kind {profile.kind!r}; "
                           f"known: {', '.join(NODE_TARGETS.names())}")
-    get_radio_profile(profile.radio or DEFAULT_RADIO)
+    try:
+        get_radio_profile(profile.radio or DEFAULT_RADIO)
+    except ConfigError as exc:
+        raise ConfigError(f"{profile.source}: field 'radio': {exc}") from exc
     if profile.meter is not None:
         try:
             METERS.get(profile.meter)
@@ -137,22 +223,28 @@ def plan_run(exp: Experiment, options: RunOptions) -> RunPlan:
     and the dataset; nothing is trained or deployed, so bad input fails in a moment."""
     if options.samples is not None and options.samples < 1:
         raise ConfigError(f"--samples must be at least 1 (got {options.samples})")
+    if options.device_slots is not None and options.device_slots < 1:
+        raise ConfigError(f"--device-slots must be at least 1 (got {options.device_slots})")
     if exp.scheme == "centralized" or not exp.code.quantized:
         raise ConfigError(f"{exp.source}: field 'scheme'/'code.bits': a device run needs quantized node "
                           f"encoders (scheme {exp.scheme!r}, q = {exp.code.bits}); centralized and float "
                           "models are host-only baselines (`hilbench train`)")
     named = exp.devices.nodes if isinstance(exp.devices.nodes, list) else [exp.devices.nodes]
-    profiles = {name: get_profile(name) for name in ([options.nodes_device] if options.nodes_device else named)}
+    nodes_from = "--nodes-device" if options.nodes_device else f"{exp.source}: field 'devices.nodes'"
+    profiles = {name: get_profile(name, named_by=nodes_from)
+                for name in ([options.nodes_device] if options.nodes_device else named)}
     for profile in profiles.values():
         _check_node_profile(profile)
     gateway = options.gateway_device or exp.devices.gateway
     if gateway != "host":
-        profiles.setdefault(gateway, get_profile(gateway))
+        gateway_from = "--gateway-device" if options.gateway_device else f"{exp.source}: field 'devices.gateway'"
+        profiles.setdefault(gateway, get_profile(gateway, named_by=gateway_from))
         _check_gateway_profile(profiles[gateway])
+    for profile in profiles.values():
+        preflight(profile)
 
     data = load_experiment_dataset(exp)
-    partition = make_partition(exp.partition, data.image_shape)
-    exp.check_shape(partition.nodes, data.classes)
+    partition = exp.partition_for(data.image_shape, data.classes)
     if options.nodes_device:
         node_devices = [options.nodes_device] * partition.nodes
     else:
@@ -161,8 +253,9 @@ def plan_run(exp: Experiment, options: RunOptions) -> RunPlan:
         except ValueError as exc:
             raise ConfigError(f"{exp.source}: field 'devices.nodes': {exc}") from exc
     available = len(data.test_y)
+    faults = options.link_faults if options.link_faults is not None and options.link_faults.active else None
     return RunPlan(exp, node_devices, gateway, profiles, data, partition,
-                   samples=min(options.samples or available, available))
+                   samples=min(options.samples or available, available), link_faults=faults)
 
 
 def prepare(plan: RunPlan, progress: ProgressFactory | None = None) -> ExportedModel:
@@ -174,9 +267,11 @@ def prepare(plan: RunPlan, progress: ProgressFactory | None = None) -> ExportedM
 
 def run_key(plan: RunPlan, model: ExportedModel) -> str:
     """What identifies a run: the same key resumes (or returns) the same run."""
-    return hashlib.sha256(json.dumps([plan.experiment.content_hash(), model.manifest["model_hash"],
-                                      plan.node_devices, plan.gateway, plan.samples,
-                                      plan.data.fingerprint]).encode()).hexdigest()
+    key = [plan.experiment.content_hash(), model.manifest["model_hash"], plan.node_devices, plan.gateway,
+           plan.samples, plan.data.fingerprint]
+    if plan.link_faults is not None:  # a fault-injection run is its own run
+        key.append(plan.link_faults.spec())
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
 
 def open_run(plan: RunPlan, model: ExportedModel, store: ResultsStore, new: bool = False) -> tuple[str, RunSummary | None]:
@@ -204,39 +299,93 @@ def open_run(plan: RunPlan, model: ExportedModel, store: ResultsStore, new: bool
         git_commit=_git_commit(), package_versions=_versions()), None
 
 
+def _slots_for(plan: RunPlan, override: int | None) -> int:
+    if override is None and os.environ.get(DEVICE_SLOTS_ENV):
+        try:
+            override = int(os.environ[DEVICE_SLOTS_ENV])
+        except ValueError:
+            raise ConfigError(f"${DEVICE_SLOTS_ENV} must be a whole number (got "
+                              f"{os.environ[DEVICE_SLOTS_ENV]!r})") from None
+    emulated = sum(plan.profiles[name].emulated for name in plan.node_devices)
+    return device_slots(emulated, len(plan.node_devices) - emulated, len(os.sched_getaffinity(0)), override)
+
+
 def stream(plan: RunPlan, model: ExportedModel, store: ResultsStore, run_id: str,
-           progress: ProgressFactory | None = None) -> None:
-    """Deploy one target per node and stream every sample the run does not hold yet to all nodes
-    in parallel, committing rows in batches; Ctrl-C commits what finished and stops."""
+           progress: ProgressFactory | None = None, slots: int | None = None) -> None:
+    """Deploy one target per node and stream every sample the run does not hold yet, at most
+    ``slots`` nodes at once (see :func:`device_slots`), committing rows as they finish. A node
+    whose device fails is reset and resumed; if it fails for good, the other nodes finish and
+    every finished row is committed before the error is raised. Ctrl-C commits what finished."""
     views = plan.partition.views(plan.data.test_x[:plan.samples])
     golden_codes = [golden.encode_packed(enc, v) for enc, v in zip(model.encoders, views)]
     done = store.done_samples(run_id)
     todo = [[s for s in range(plan.samples) if s not in done.get(i, set())] for i in range(plan.partition.nodes)]
+    nodes = [i for i in range(plan.partition.nodes) if todo[i]]
+    if not nodes:
+        return
     stop = threading.Event()
-    with ExitStack() as stack:
-        targets = [stack.enter_context(open_node_target(plan.profiles[name], enc, model.directory))
-                   for name, enc in zip(plan.node_devices, model.encoders)]
-        for target in targets:
-            store.put_node(run_id, target.encoder.node, device=target.profile.name,
+    events: queue.Queue[_Event] = queue.Queue()
+    runners = [_NodeRunner(plan, model, i, views[i], golden_codes[i], todo[i], run_id, events, stop, plan.link_faults)
+               for i in nodes]
+    total = sum(len(todo[i]) for i in nodes)
+    advance = progress(total, f"inference on {len(nodes)} nodes") if progress else (lambda n: None)
+    resets: dict[int, list[str]] = {}
+    links: dict[int, dict[str, Any]] = {}
+    rows: list[InferenceRow] = []
+
+    def commit() -> None:
+        if rows:
+            store.add_inferences(rows)
+            advance(len(rows))
+            rows.clear()
+
+    def handle(event: _Event) -> None:
+        if event.kind == "row":
+            assert event.row is not None
+            rows.append(event.row)
+            if len(rows) >= BATCH * len(nodes):
+                commit()
+        elif event.kind in ("opened", "closing"):
+            target = event.target
+            assert target is not None
+            if event.link is not None:
+                links[event.node] = _add_counts(links.get(event.node, {}), event.link)
+            store.put_node(run_id, event.node, device=target.profile.name,
                            emulated=int(target.profile.emulated), board=target.info.board,
                            flash_bytes=target.info.flash_bytes, ram_bytes=target.info.ram_bytes,
                            stack_bytes=target.info.stack_bytes, macs=target.encoder.macs,
-                           model_hash=target.encoder.sha256(), info=target.info.extra)
-        workers = [_NodeWorker(t, v, g, run_id, stop) for t, v, g in zip(targets, views, golden_codes)]
-        total = sum(len(t) for t in todo)
-        advance = progress(total, f"inference on {len(targets)} nodes") if progress else (lambda n: None)
-        with ThreadPoolExecutor(len(workers)) as pool:
-            for start in range(0, max((len(t) for t in todo), default=0), BATCH):
-                futures = [pool.submit(w.run, t[start:start + BATCH]) for w, t in zip(workers, todo)]
-                try:
-                    batches = [f.result() for f in futures]
-                except KeyboardInterrupt:
-                    stop.set()
-                    batches = [f.result() for f in futures]
-                    store.add_inferences(row for rows in batches for row in rows)
-                    raise
-                store.add_inferences(row for rows in batches for row in rows)
-                advance(sum(len(rows) for rows in batches))
+                           model_hash=target.encoder.sha256(),
+                           info={**target.info.extra, "resets": resets.get(event.node, []),
+                                 **({"link": links[event.node]} if event.node in links else {})})
+        elif event.kind == "reset":
+            resets.setdefault(event.node, []).append(str(event.error))
+
+    pool = ThreadPoolExecutor(_slots_for(plan, slots), thread_name_prefix="node")
+    futures = {pool.submit(r.run): r for r in runners}
+    try:
+        while not all(f.done() for f in futures) or not events.empty():
+            try:
+                handle(events.get(timeout=COMMIT_SECONDS))
+            except queue.Empty:
+                commit()
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=True)
+        while not events.empty():
+            handle(events.get())
+        commit()
+        raise
+    pool.shutdown(wait=True)
+    commit()
+    failures: dict[str, BaseException] = {}
+    for future in futures:
+        exc = future.exception()
+        if exc is not None:
+            failures.setdefault(str(exc), exc)  # nodes on one board often fail alike: say it once
+    if len(failures) == 1:
+        raise next(iter(failures.values()))
+    if failures:
+        raise DeviceError(f"{len(failures)} nodes failed:\n" + "\n".join(f"- {text}" for text in failures))
 
 
 def predict(plan: RunPlan, model: ExportedModel, store: ResultsStore, run_id: str) -> None:
@@ -282,7 +431,7 @@ def run_experiment(exp: Experiment, store: ResultsStore, options: RunOptions | N
         return finished
     status = "failed"
     try:
-        stream(plan, model, store, run_id, progress)
+        stream(plan, model, store, run_id, progress, slots=options.device_slots)
         predict(plan, model, store, run_id)
         summary = summarise(plan, model, store, run_id)
         status = "complete"

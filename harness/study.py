@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
+from harness.config.profiles import get_profile
 from harness.config.studies import Point, Study
 from harness.core.errors import ConfigError
 from harness.run import RunOptions, plan_run
@@ -76,6 +77,9 @@ def point_key(point: Point, on_device: bool, options: RunOptions | None) -> str:
 def plan_study(study: Study) -> list[PointPlan]:
     """Validate every point: device points through the run engine's plan (profiles, radios,
     meters, gateway, dataset and node counts), so a bad device fails before any training."""
+    for field, device in (("run.nodes_device", study.run.nodes_device), ("run.gateway", study.run.gateway)):
+        if device not in (None, "host"):
+            get_profile(device, named_by=f"{study.source}: field {field!r}")
     plans = []
     for position, point in enumerate(study.points):
         exp = point.experiment
@@ -88,8 +92,9 @@ def plan_study(study: Study) -> list[PointPlan]:
                                  samples=study.run.samples)
             try:
                 run_plan = plan_run(exp, options)
-            except ConfigError as exc:
-                raise ConfigError(f"{study.source}: point {point.label}: {exc}") from exc
+            except ConfigError as exc:  # an experiment's error names the study and point already
+                where = "" if str(exc).startswith(exp.source) else f"{study.source}: point {point.label}: "
+                raise ConfigError(f"{where}{exc}") from exc
             profiles = [run_plan.profiles[name] for name in run_plan.node_devices]
             boards = sum(1 for p in profiles if p.emulated and p.kind == "mcu")
             real = tuple(sorted({p.name for p in run_plan.profiles.values() if not p.emulated}))

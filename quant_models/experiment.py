@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from harness.core.datafiles import read_mapping, validate
 from harness.core.errors import ConfigError
 
+from .partition import Partition, make_partition
+
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
 SCHEMES = ("ours", "fdml", "fdml-scores", "centralized", "autoencoder")
 
@@ -126,6 +128,38 @@ class Experiment(_Strict):
         content = self.model_dump(mode="json", exclude={"name", "description", "source", "devices"})
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
+    def partition_for(self, image_shape: tuple[int, int], classes: int) -> Partition:
+        """The node views of this experiment's images, checked before anything is built: the
+        partition spec fits the images, C fits the nodes (:meth:`check_shape`) and the encoder's
+        layers leave every view at least one pixel. Errors name the file and field."""
+        try:
+            partition = make_partition(self.partition, image_shape)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.source}: field 'partition': {exc}") from exc
+        self.check_shape(partition.nodes, classes)
+        if self.scheme != "centralized":  # the only scheme without node encoders
+            for view in sorted({partition.view_shape(node) for node in range(partition.nodes)}):
+                self._check_encoder_fits(view)
+        return partition
+
+    def _check_encoder_fits(self, view: tuple[int, int]) -> None:
+        """The encoder's layers (as :class:`quant_models.model.NodeEncoder` builds them) leave
+        a ``view``-sized input at least 1x1."""
+        h, w = view
+        for i, layer in enumerate(self.encoder.layers):
+            if layer.conv is not None:
+                h, w = (n + 2 * layer.conv.pad - layer.conv.kernel + 1 for n in (h, w))
+            elif layer.maxpool is not None:
+                h, w = h // layer.maxpool, w // layer.maxpool
+            else:
+                h = w = 1  # fc
+            if h < 1 or w < 1:
+                raise ConfigError(
+                    f"{self.source}: field 'encoder.layers': layer {i} "
+                    f"({json.dumps(layer.model_dump(exclude_none=True))}) shrinks the {view[0]}x{view[1]} views of "
+                    f"partition {self.partition!r} to nothing ({h}x{w}); use fewer pooling layers, smaller "
+                    "kernels or more padding, or a coarser partition (field 'partition')")
+
     def check_shape(self, nodes: int, classes: int) -> None:
         """Checks that need the dataset and partition: C divisible by N, fdml-scores' code length."""
         if self.scheme == "centralized":
@@ -141,9 +175,15 @@ class Experiment(_Strict):
                 "takes any C")
 
 
+STUDY_FIELDS = ("base", "matrix")  # fields only a study file has
+
+
 def parse_experiment(data: object, source: str = "<memory>") -> Experiment:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: an experiment file must be a YAML mapping of fields")
+    if study_fields := [key for key in STUDY_FIELDS if key in data]:
+        raise ConfigError(f"{source}: this is a study file (it has {', '.join(study_fields)}), not an experiment; "
+                          f"run it with `hilbench study {source}`")
     return validate(Experiment, {**data, "source": source}, source)
 
 

@@ -130,6 +130,9 @@ def encode_array(array) -> bytes:
     return header + np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
+MAX_ARRAY_DIMS = 32  # numpy holds 64; the runner's arrays have 1 to 4
+
+
 def decode_array(payload: bytes, offset: int = 0):
     """(array, offset after it) of the array encoded at ``offset`` in ``payload``."""
     import numpy as np
@@ -139,6 +142,8 @@ def decode_array(payload: bytes, offset: int = 0):
     code, ndim = payload[offset], payload[offset + 1]
     if code not in DTYPE_NAMES:
         raise RunnerError(f"unknown array dtype code {code}")
+    if ndim > MAX_ARRAY_DIMS:
+        raise RunnerError(f"array of {ndim} dimensions (at most {MAX_ARRAY_DIMS})")
     offset += 2
     if len(payload) < offset + 4 * ndim:
         raise RunnerError("truncated array dimensions")
@@ -152,7 +157,10 @@ def decode_array(payload: bytes, offset: int = 0):
     if len(payload) < end:
         raise RunnerError(f"truncated array data: {shape} {dtype.name} needs {end - offset} bytes, "
                           f"{len(payload) - offset} present")
-    array = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+    try:
+        array = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+    except ValueError as exc:  # shapes numpy cannot hold (sizes beyond its index range)
+        raise RunnerError(f"array of shape {shape} cannot be held: {exc}") from exc
     return array.astype(dtype.newbyteorder("="), copy=False), end
 
 

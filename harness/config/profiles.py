@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from harness.core.datafiles import (NamedFiles, check_name_matches_file, find_named, load_named, read_mapping,
-                                    scan_named, search_path, validate)
-from harness.core.errors import ConfigError
+from harness.core.datafiles import (FieldError, NamedFiles, check_name_matches_file, find_named, load_named,
+                                    read_mapping, scan_named, search_path, validate)
+from harness.core.errors import ConfigError, DeviceError
 from harness.core.paths import SHIPPED_PROFILES, USER_CONFIG
 
 USER_PROFILES = USER_CONFIG / "devices"
@@ -68,7 +68,7 @@ class DeploySpec(_Strict):
     @model_validator(mode="after")
     def _command_given(self) -> "DeploySpec":
         if self.method == "command" and not self.command:
-            raise ValueError("method 'command' needs 'command', e.g. [pyocd, flash, -t, stm32f446retx, '{elf}']")
+            raise FieldError("command", "method 'command' needs 'command', e.g. [pyocd, flash, -t, stm32f446retx, '{elf}']")
         return self
 
 
@@ -96,30 +96,39 @@ class DeviceProfile(_Strict):
     meter: str | None = None
     source: str = Field(default="<memory>", exclude=True)
 
+    @field_validator("board")
+    @classmethod
+    def _known_board(cls, name: str | None, info: ValidationInfo) -> str | None:
+        from harness.config.boards import BOARDS
+
+        if name is not None and info.data.get("kind") == "mcu":
+            try:
+                BOARDS.get(name)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return name
+
     @model_validator(mode="after")
     def _consistent(self) -> "DeviceProfile":
         if self.kind == "mcu":
-            from harness.config.boards import BOARDS
-
             if self.board is None:
-                raise ValueError("an mcu profile needs 'board'")
-            try:
-                board = BOARDS.get(self.board)
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
+                raise FieldError("board", "an mcu profile needs 'board'")
+            board = self.board_description
             if self.emulated and (self.deploy.method != "qemu" or board.qemu_machine is None):
-                raise ValueError(f"an emulated mcu deploys with method 'qemu' on a board QEMU emulates "
-                                 f"(board {self.board!r}, method {self.deploy.method!r})")
+                raise FieldError("deploy.method", f"an emulated mcu deploys with method 'qemu' on a board QEMU "
+                                 f"emulates (board {self.board!r}, method {self.deploy.method!r})")
             if not self.emulated and self.transport.url is None:
-                raise ValueError("a real mcu needs 'transport.url' (e.g. /dev/ttyACM0)")
+                raise FieldError("transport.url", "a real mcu needs 'transport.url' (e.g. /dev/ttyACM0)")
             if self.deploy.method not in MCU_DEPLOY_METHODS:
-                raise ValueError(f"an mcu deploys with one of {list(MCU_DEPLOY_METHODS)}, not {self.deploy.method!r}")
+                raise FieldError("deploy.method", f"an mcu deploys with one of {list(MCU_DEPLOY_METHODS)}, "
+                                 f"not {self.deploy.method!r}")
         elif self.kind == "linux":
             if self.deploy.method not in LINUX_DEPLOY_METHODS:
-                raise ValueError(f"a linux device deploys with one of {list(LINUX_DEPLOY_METHODS)}, "
+                raise FieldError("deploy.method", f"a linux device deploys with one of {list(LINUX_DEPLOY_METHODS)}, "
                                  f"not {self.deploy.method!r}")
             if not self.emulated and (self.ssh is None or self.deploy.method != "ssh"):
-                raise ValueError("a real linux device needs an 'ssh' section and deploy method 'ssh'")
+                raise FieldError("ssh" if self.ssh is None else "deploy.method",
+                                 "a real linux device needs an 'ssh' section and deploy method 'ssh'")
         return self
 
     @property
@@ -136,6 +145,39 @@ def load_profile(path: Path) -> DeviceProfile:
     return profile
 
 
+def preflight(profile: DeviceProfile) -> None:
+    """What can be checked of a device before anything is trained or deployed: the local files its
+    profile names exist (SSH key, known_hosts), and a real board's serial link is there (its device
+    node exists, something listens on its TCP port). Errors name the profile file, the field and
+    the device, and say what to do."""
+    if profile.ssh is not None and profile.deploy.method == "ssh":
+        _check_ssh_files(profile, profile.ssh)
+    if profile.kind == "mcu" and not profile.emulated and profile.transport.url:
+        from harness.transports import probe_transport
+
+        where = f"{profile.source}: field 'transport.url': device {profile.name!r}"
+        try:
+            probe_transport(profile.transport.url)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        except DeviceError as exc:
+            raise DeviceError(f"{where} cannot be reached: {exc}") from exc
+
+
+def _check_ssh_files(profile: DeviceProfile, ssh: SshSpec) -> None:
+    key = Path(ssh.key).expanduser() if ssh.key else None
+    if key is not None and not key.is_file():
+        raise ConfigError(f"{profile.source}: field 'ssh.key': device {profile.name!r}: private key {key} does not "
+                          "exist; fix the path, or create a key (ssh-keygen -t ed25519) and install it on the device "
+                          f"(ssh-copy-id -i {key} -p {ssh.port} {ssh.user}@{ssh.host})")
+    if ssh.verify_host_key and ssh.host_key is None:
+        known = Path(ssh.known_hosts or "~/.ssh/known_hosts").expanduser()
+        if not known.is_file():
+            raise ConfigError(f"{profile.source}: field 'ssh.known_hosts': device {profile.name!r}: {known} does not "
+                              "exist, so the device's host key cannot be verified; add the key after checking its "
+                              f"fingerprint (ssh-keyscan -p {ssh.port} {ssh.host} >> {known}), or pin it in 'ssh.host_key'")
+
+
 def profile_dirs() -> list[Path]:
     return search_path(SHIPPED_PROFILES, "HILBENCH_PROFILE_DIRS", USER_PROFILES)
 
@@ -150,5 +192,6 @@ def scan_profiles(dirs: list[Path] | None = None) -> NamedFiles[DeviceProfile]:
     return scan_named(profile_dirs() if dirs is None else dirs, load_profile, "device")
 
 
-def get_profile(name: str, dirs: list[Path] | None = None) -> DeviceProfile:
-    return find_named(name, profile_dirs() if dirs is None else dirs, load_profile, "device")
+def get_profile(name: str, dirs: list[Path] | None = None, named_by: str = "") -> DeviceProfile:
+    """The profile called ``name`` (``named_by``: where the name was given, for the error)."""
+    return find_named(name, profile_dirs() if dirs is None else dirs, load_profile, "device", named_by)

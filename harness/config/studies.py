@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.core.datafiles import read_mapping, validate
+from harness.core.datafiles import FieldError, read_mapping, validate
 from harness.core.errors import ConfigError
 from quant_models.experiment import Experiment, parse_experiment
 
@@ -53,13 +53,14 @@ class MatrixSpec(_Strict):
         for kind, entries in (("product", self.product), ("zip", self.zip)):
             for key, values in entries.items():
                 if not values:
-                    raise ValueError(f"{kind} field {key!r} has no values")
+                    raise FieldError(f"{kind}.{key}", "has no values; give at least one, or leave the field out")
         lengths = {key: len(values) for key, values in self.zip.items()}
         if len(set(lengths.values())) > 1:
-            raise ValueError(f"zip fields vary together, so their lists need one length (got {lengths})")
+            raise FieldError("zip", f"zip fields vary together, so their lists need one length (got {lengths}); "
+                             "fields varied independently go under 'product'")
         both = set(self.product) & set(self.zip)
         if both:
-            raise ValueError(f"fields both in product and zip: {sorted(both)}")
+            raise FieldError("zip", f"fields both in product and zip: {sorted(both)}; keep each in one of them")
         return self
 
 
@@ -84,12 +85,13 @@ class StudyFile(_Strict):
     @model_validator(mode="after")
     def _one_base(self) -> "StudyFile":
         if (self.base is None) == (self.experiment is None):
-            raise ValueError("give the base experiment either as 'base' (a file) or as 'experiment' (inline)")
+            raise FieldError("base", "give the base experiment either as 'base' (a file) or as 'experiment' (inline)")
         varied = set(self.matrix.product) | set(self.matrix.zip)
         for i, rule in enumerate(self.exclude):
             unknown = set(rule) - varied
             if unknown:
-                raise ValueError(f"exclude[{i}] names fields the matrix does not vary: {sorted(unknown)}")
+                raise FieldError(f"exclude.{i}", f"names fields the matrix does not vary: {sorted(unknown)}; an "
+                                 "exclude rule matches fields under 'matrix' (extra points go under 'include')")
         return self
 
 
@@ -149,10 +151,17 @@ def expand(matrix: MatrixSpec, exclude: list[dict[str, Any]]) -> list[dict[str, 
 def load_study(path: str | Path) -> Study:
     """Read and validate a study file and every point it makes."""
     path = Path(path)
-    spec = validate(StudyFile, read_mapping(path, "a study file"), str(path))
+    data = read_mapping(path, "a study file")
+    if "dataset" in data and not {"base", "experiment", "matrix"} & set(data):
+        raise ConfigError(f"{path}: this is an experiment file, not a study (it has no base, experiment or matrix); "
+                          f"run it with `hilbench run {path}`")
+    spec = validate(StudyFile, data, str(path))
     if spec.base is not None:
         base_path = (path.parent / spec.base).resolve()
-        base = read_mapping(base_path, "an experiment file")
+        try:
+            base = read_mapping(base_path, "an experiment file")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: field 'base': {exc}") from exc
         base_source = str(base_path)
     else:
         base, base_source = dict(spec.experiment or {}), f"{path} field 'experiment'"

@@ -26,6 +26,11 @@ class DeviceError(HilbenchError):
     """A device cannot be built for, deployed, reached or used."""
 
 
+class BuildError(DeviceError):
+    """Firmware or a device model cannot be built (a missing tool, a compile or link error, a
+    model too large for the board): deterministic, so trying again cannot help."""
+
+
 class ProtocolError(DeviceError):
     """A device sent a frame that is malformed, corrupted or unexpected."""
 

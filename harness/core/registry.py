@@ -16,6 +16,7 @@ Where things come from, in the order a lookup tries them:
 """
 from __future__ import annotations
 
+import threading
 from importlib import import_module
 from importlib.metadata import entry_points
 from types import ModuleType
@@ -35,6 +36,8 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._builtins_loaded = not builtin_modules
         self._entry_points_loaded = entry_point_group is None
+        self._loading: set[str] = set()  # what the thread holding the lock is loading
+        self._lock = threading.RLock()  # lookups from several threads wait for one loading
 
     def add(self, name: str, item: T) -> T:
         if name in self._items:
@@ -59,14 +62,31 @@ class Registry(Generic[T]):
     def _load_builtins(self) -> None:
         if self._builtins_loaded:
             return
-        self._builtins_loaded = True  # set first: the modules register through this registry
-        for module in self.builtin_modules:
-            import_module(module)
+        with self._lock:
+            if self._builtins_loaded or "builtins" in self._loading:
+                return  # loaded meanwhile, or this thread's modules registering through us
+            self._loading.add("builtins")
+            try:
+                for module in self.builtin_modules:
+                    import_module(module)
+            finally:
+                self._loading.discard("builtins")
+                self._builtins_loaded = True
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:
             return
-        self._entry_points_loaded = True
+        with self._lock:
+            if self._entry_points_loaded or "entry points" in self._loading:
+                return
+            self._loading.add("entry points")
+            try:
+                self._add_entry_points()
+            finally:
+                self._loading.discard("entry points")
+                self._entry_points_loaded = True
+
+    def _add_entry_points(self) -> None:
         assert self.entry_point_group is not None
         for ep in entry_points(group=self.entry_point_group):
             try:

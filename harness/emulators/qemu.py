@@ -164,6 +164,22 @@ class QemuNode(Launched):
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def exit_status(self) -> int | None:
+        """QEMU's exit status once it has ended (negative: killed by that signal), else None."""
+        return self._process.poll() if self._process is not None else None
+
+    def exited_within(self, seconds: float) -> bool:
+        """Whether QEMU has ended, waiting up to ``seconds`` for it (a link reset by a dying
+        emulator arrives a moment before its exit)."""
+        if self._process is None:
+            return False
+        try:
+            self._process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

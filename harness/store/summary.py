@@ -88,6 +88,27 @@ class RunSummary(TypedDict):
     entropy_bits_per_inference: NotRequired[float | None]
     coded_bits_per_inference: NotRequired[float | None]
     bits: NotRequired[dict[str, Any]]
+    link: NotRequired[dict[str, Any]]
+
+
+def link_totals(nodes: Sequence[NodeSummary], expected_rows: int, rows: int, rows_not_bitexact: int) -> dict[str, Any]:
+    """The run's link health: retries, device resets, reconnects and (with --link-faults) the
+    faults injected by kind; with the row counts that show nothing was lost or taken wrong."""
+    faults: dict[str, int] = {}
+    spec = None
+    for node in nodes:
+        link = node["info"].get("link") or {}
+        spec = link.get("link_faults", spec)
+        for kind, count in (link.get("faults_injected") or {}).items():
+            faults[kind] = faults.get(kind, 0) + int(count)
+    return {
+        "link_faults": spec, "faults_injected": faults,
+        "retries": sum(node["retries"] for node in nodes),
+        "resets": sum(len(node["info"].get("resets") or []) for node in nodes),
+        "reconnects": sum(int(((node["info"].get("link") or {}).get("counters") or {}).get("reconnects", 0))
+                          for node in nodes),
+        "rows": rows, "expected_rows": expected_rows, "rows_not_bitexact": rows_not_bitexact,
+    }
 
 
 def _mean_of_unit(rows, unit: str) -> float | None:
@@ -173,6 +194,8 @@ def summarize_run(store: ResultsStore, run_id: str, manifest: Manifest,
         "code_bits": run["code_bits"],
         "nodes": node_rows,
     }
+    summary["link"] = link_totals(node_rows, expected_rows=samples * len(node_rows),
+                                  rows=len(inf), rows_not_bitexact=int((inf.bitexact == 0).sum()))
     if profiles is not None:
         blocks = cost_blocks(summary, inf, manifest, profiles, train_codes)
         summary["energy"], summary["radio"], summary["bits"] = blocks["energy"], blocks["radio"], blocks["bits"]

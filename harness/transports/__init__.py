@@ -37,6 +37,8 @@ class Transport(Protocol):
 
 TransportFactory = Callable[..., Transport]
 
+PROBE_TIMEOUT_SECONDS = 3.0
+
 # Device paths such as /dev/ttyACM0 or COM3 have no scheme; they are filed under "serial".
 PLAIN_PATH_SCHEME = "serial"
 
@@ -53,16 +55,30 @@ class TransportRegistry(Registry[TransportFactory]):
         # A one-letter "scheme" is a Windows drive letter, i.e. a plain path.
         return scheme if len(scheme) > 1 else PLAIN_PATH_SCHEME
 
-    def create(self, url: str, **options: object) -> Transport:
-        """An unopened transport for ``url``; ConfigError if no transport handles its scheme."""
+    def factory_for(self, url: str) -> TransportFactory:
+        """The transport class for ``url``; ConfigError if no transport handles its scheme."""
         scheme = self.scheme_of(url)
         if scheme not in self:
             raise ConfigError(f"no transport for URL {url!r} (scheme {scheme!r}); known schemes: "
                               f"{', '.join(self.names())}")
-        return self.get(scheme)(url, **options)
+        return self.get(scheme)
+
+    def create(self, url: str, **options: object) -> Transport:
+        """An unopened transport for ``url``; ConfigError if no transport handles its scheme."""
+        return self.factory_for(url)(url, **options)
 
 
 TRANSPORTS = TransportRegistry()
+
+
+def probe_transport(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
+    """Check quickly, without opening the link, that the device behind ``url`` is there (e.g. a
+    device node exists, something listens on a TCP port): DeviceError saying what is wrong and
+    what to do. A transport class offers the check as ``probe(url, timeout)``; one without it is
+    not checked."""
+    probe = getattr(TRANSPORTS.factory_for(url), "probe", None)
+    if probe is not None:
+        probe(url, timeout)
 
 
 def open_transport(url: str, **options: object) -> Transport:

@@ -6,12 +6,16 @@ echoes writes back (for tests).
 """
 from __future__ import annotations
 
+import os
+import socket
 import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import serial
 
 from harness.core.errors import DeviceError, ProtocolError
-from harness.transports import TRANSPORTS
+from harness.transports import PROBE_TIMEOUT_SECONDS, TRANSPORTS
 
 DEFAULT_BAUDRATE = 115200
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024  # bytes between delimiters; more means a lost delimiter
@@ -39,12 +43,28 @@ class SerialTransport:
         self._port: serial.SerialBase | None = None
         self._pending = bytearray()
 
+    @staticmethod
+    def probe(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
+        """Is the device there? A device path must exist and be readable and writable;
+        ``socket://`` and ``rfc2217://`` need something listening on host:port. DeviceError says
+        what is wrong and what to do; other URLs are not checked."""
+        if url.startswith("/"):
+            _probe_device_node(url)
+            return
+        parts = urlsplit(url)
+        if parts.scheme in ("socket", "rfc2217"):
+            _probe_tcp(url, parts.hostname, parts.port, timeout)
+
     def open(self) -> None:
         try:
             self._port = serial.serial_for_url(
                 self.url, baudrate=self.baudrate, timeout=READ_POLL_SECONDS
             )
         except (serial.SerialException, ValueError, OSError) as exc:
+            try:  # pyserial's message keeps only the OS's words; say what they mean
+                self.probe(self.url)
+            except DeviceError as diagnosis:
+                raise DeviceError(f"cannot open serial link {self.url}: {diagnosis}") from exc
             raise DeviceError(f"cannot open serial link {self.url}: {exc}") from exc
 
     def close(self) -> None:
@@ -116,3 +136,29 @@ class SerialTransport:
             port.reset_input_buffer()
         except (serial.SerialException, OSError) as exc:
             raise DeviceError(f"flushing input from {self.url} failed: {exc}") from exc
+
+
+def _probe_device_node(path: str) -> None:
+    if not Path(path).exists():
+        raise DeviceError(f"{path} does not exist: is the board plugged in and powered? `ls /dev/serial/by-id/` "
+                          "lists the serial ports; put the board's in transport.url")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise DeviceError(f"no permission to read and write {path}: add your user to its group "
+                          f"(`ls -l {path}`, usually dialout) and log in again")
+
+
+def _probe_tcp(url: str, host: str | None, port: int | None, timeout: float) -> None:
+    if not host or port is None:
+        raise DeviceError(f"{url} needs a host and a port, e.g. socket://127.0.0.1:4000")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except ConnectionRefusedError:
+        raise DeviceError(f"nothing listens on {host}:{port} (connection refused): start the serial server "
+                          "(ser2net, labgrid) or correct the port") from None
+    except socket.gaierror as exc:
+        raise DeviceError(f"cannot resolve host name {host!r} ({exc.strerror}): correct the host") from None
+    except TimeoutError:
+        raise DeviceError(f"no answer from {host}:{port} within {timeout:g} s: check the host, the port and "
+                          "that no firewall is in the way") from None
+    except OSError as exc:
+        raise DeviceError(f"cannot connect to {host}:{port} ({exc.strerror or exc}): check the host and port") from None

@@ -69,6 +69,7 @@ class SshEndpoint:
     host_key: str | None = None
     verify_host_key: bool = True
     connect_timeout_s: float = 10.0
+    via: tuple[str, int] | None = None  # connect here (a fault proxy); verify the key as host:port
 
     @property
     def address(self) -> str:
@@ -165,12 +166,16 @@ class SshConnection:
                               "host key cannot be verified; add the key after checking its "
                               f"fingerprint (ssh-keyscan -p {ep.port} {ep.host} >> {path}), or pin it "
                               "in the profile's 'ssh.host_key'")
+        if ep.via is not None:  # the keys known_hosts lists for the device, not for the proxy
+            trusted, ca_keys, revoked, *_ = asyncssh.match_known_hosts(str(path), ep.host, ep.host, ep.port)
+            return (trusted, ca_keys, revoked)
         return str(path)
 
     async def _connect(self, options: dict[str, Any]) -> asyncssh.SSHClientConnection:
         ep = self.endpoint
         try:
-            return await asyncssh.connect(ep.host, ep.port, **options)
+            host, port = ep.via or (ep.host, ep.port)
+            return await asyncssh.connect(host, port, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
             presented = await self._presented_key_fingerprint()
             trusted = ("the key pinned in the profile ('ssh.host_key')" if ep.host_key

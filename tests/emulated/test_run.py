@@ -166,3 +166,48 @@ def test_mcu_nodes_report_to_a_pi_loopback_gateway(tmp_path):
     with sqlite3.connect(db) as con:
         gateways = con.execute("SELECT DISTINCT gateway, gateway_ns IS NOT NULL FROM predictions").fetchall()
     assert gateways == [("pi-loopback", 1)]  # the device timed each head inference
+
+
+def _rows(db) -> int:
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT COUNT(*) FROM inferences").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_a_board_whose_emulator_dies_is_relaunched_and_the_run_completes(tmp_path):
+    db = tmp_path / "dies.sqlite"
+    args = [sys.executable, "-m", "harness.cli", "run", "experiments/smoke.yaml", "--samples", "80", "--db", str(db),
+            "--json"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if _rows(db) >= 40:
+            found = subprocess.run(["pgrep", "-P", str(proc.pid), "qemu-system-arm"], capture_output=True, text=True)
+            if found.stdout.split():
+                killed = int(found.stdout.split()[0])
+                os.kill(killed, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert killed is not None, "no emulator was killed: the run ended first"
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["bitexact_rate"] == 1.0 and summary["samples"] == 80
+    assert summary["link"]["rows"] == summary["link"]["expected_rows"] == 320
+    assert summary["link"]["resets"] == 1
+    reset = next(n for n in summary["nodes"] if n["info"]["resets"])["info"]["resets"][0]
+    assert "the emulator exited (status -9)" in reset
+
+
+def test_faults_on_every_link_are_recovered_in_one_invocation(tmp_path):
+    proc = hilbench("run", "experiments/smoke.yaml", "--samples", "50", "--db", str(tmp_path / "faults.sqlite"),
+                    "--link-faults", "flip=5e-4,drop=2e-4,garbage=1e-4,seed=3", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    link = summary["link"]
+    assert summary["bitexact_rate"] == 1.0 and link["rows_not_bitexact"] == 0
+    assert link["rows"] == link["expected_rows"] == 200
+    assert sum(link["faults_injected"].values()) > 0 and link["retries"] > 0
+    assert link["link_faults"] == "flip=0.0005,drop=0.0002,garbage=0.0001,seed=3"

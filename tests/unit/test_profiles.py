@@ -20,11 +20,11 @@ def test_user_directory_adds_a_device_without_code(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text, message", [
-    (GOOD.format(name="p").replace("netduinoplus2", "nosuchboard"), r"field '\(top level\)'.*unknown board 'nosuchboard'"),
+    (GOOD.format(name="p").replace("netduinoplus2", "nosuchboard"), r"field 'board': unknown board 'nosuchboard'; known: .*netduinoplus2"),
     (GOOD.format(name="p").replace("kind: mcu", "kind: toaster"), r"field 'kind'"),
-    (GOOD.format(name="p").replace("emulated: true", "emulated: false"), r"needs 'transport.url'"),
-    (GOOD.format(name="p") + "colour: red\n", r"field 'colour': Extra inputs"),
-    (GOOD.format(name="p").replace("method: qemu", "method: command"), r"field 'deploy': .*needs 'command'"),
+    (GOOD.format(name="p").replace("emulated: true", "emulated: false"), r"field 'transport.url': a real mcu needs 'transport.url'"),
+    (GOOD.format(name="p") + "colour: red\n", r"field 'colour': unknown field.*the fields here: name, kind"),
+    (GOOD.format(name="p").replace("method: qemu", "method: command"), r"field 'deploy.command': method 'command' needs 'command'"),
     (GOOD.format(name="other"), r"field 'name': 'other' must match the file name 'p'"),
     ("name: p\nkind: [\n", r"malformed YAML at line"),
 ])

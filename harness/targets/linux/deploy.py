@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Literal
 
@@ -28,6 +28,7 @@ from harness.core.registry import Registry
 from harness.config.profiles import DeviceProfile
 from harness.targets.linux.driver import DEFAULT_BATCH_SIZE, LinuxTarget
 from harness.targets.linux.runner_env import RunnerEnvSpec
+from harness.transports.faults import active_link_faults, fault_proxy
 from harness.transports.ssh import SshConnection, SshEndpoint
 
 LOOPBACK_LABEL = ("this host's CPU through a loopback sshd (pi-loopback stand-in), "
@@ -126,21 +127,29 @@ def deploy_linux_target(
     check_path: Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     access: LinuxAccess | None = None,
+    link_stream: int = 0,
 ) -> Iterator[LinuxTarget]:
     """A deployed, started :class:`LinuxTarget` for ``model_path`` on ``profile``'s device.
 
     ``role``: "node" (an encoder; needs ``code_exponent`` and the export's ``check_path``, and
     runs ``exact_model_path`` first where the export has one) or "gateway" (the head). ``access``:
     an already launched device (from :func:`linux_device`) to share; otherwise the device is
-    launched here and stopped on exit. Stops the runner and closes the connection on exit."""
+    launched here and stopped on exit. With link faults active in this thread (the run engine's
+    ``--link-faults``), the SSH connection goes through a fault proxy (``link_stream`` seeds it).
+    Stops the runner and closes the connection on exit."""
     with ExitStack() as stack:
         if access is None:
             access = stack.enter_context(linux_device(profile))
-        connection = stack.enter_context(SshConnection(access.endpoint))
+        endpoint = access.endpoint
+        proxy = stack.enter_context(fault_proxy(endpoint.host, endpoint.port, active_link_faults(), link_stream))
+        if proxy is not None:  # faults on the SSH connection's bytes, as a flaky network has them
+            endpoint = replace(endpoint, via=("127.0.0.1", proxy.port))
+        connection = stack.enter_context(SshConnection(endpoint))
         target = LinuxTarget(connection, Path(model_path), role, python=access.python, env=access.env,
                              workdir=access.workdir, code_exponent=code_exponent, view_shape=view_shape,
                              exact_model_path=exact_model_path, check_path=check_path,
                              emulated=access.emulated, timing_basis=access.timing_basis, batch_size=batch_size,
                              startup_timeout_s=access.startup_timeout_s, reply_timeout_s=access.reply_timeout_s)
         stack.enter_context(target)
+        target.fault_proxy = proxy
         yield target

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
@@ -34,6 +34,10 @@ from harness.transports.ssh import RemoteProcess, SshConnection
 Role = Literal["node", "gateway"]
 DEFAULT_BATCH_SIZE = 256
 IN_FLIGHT = 3  # batches sent ahead of their replies
+
+
+if TYPE_CHECKING:
+    from harness.transports.faults import FaultProxy
 
 
 class EncodeResult(NamedTuple):
@@ -120,6 +124,7 @@ class LinuxTarget:
         if batch_size < 1:
             raise DeviceError(f"batch_size must be >= 1, not {batch_size}")
         self.connection = connection
+        self.fault_proxy: FaultProxy | None = None  # set by the deployer under --link-faults
         self.model_path = Path(model_path)
         self.exact_model_path = Path(exact_model_path) if exact_model_path is not None else None
         self.check_path = Path(check_path) if check_path is not None else None
@@ -282,7 +287,7 @@ class LinuxTarget:
                 ns, end = wire.decode_array(payload, end)
             except wire.RunnerError as exc:
                 raise ProtocolError(f"{self.where}: malformed RESULT: {exc}") from exc
-            if end != len(payload) or len(out) != len(batch) or ns.shape != (len(batch),):
+            if end != len(payload) or out.ndim == 0 or len(out) != len(batch) or ns.shape != (len(batch),):
                 raise ProtocolError(f"{self.where}: RESULT for {len(batch)} inputs has outputs {list(out.shape)} "
                                     f"and timings {list(ns.shape)}")
             outputs.append(out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -36,6 +36,14 @@ class LinuxNodeTarget:
             "numpy": hello["numpy"], "governor": hello["governor"], "model_sha256": hello["model_sha256"],
             "peak_rss_bytes_after_load": hello["peak_rss_bytes"],
             "timing_basis": target.timing_basis, "emulated": target.emulated})
+
+    def link_report(self) -> dict[str, Any]:
+        """The faults injected on this node's SSH connection under --link-faults."""
+        proxy = self.target.fault_proxy
+        if proxy is None:
+            return {}
+        counts = proxy.counts()
+        return {"link_faults": proxy.faults.spec(), "faults_injected": counts.injected(), "proxied_bytes": counts.bytes}
 
     def infer(self, view: np.ndarray) -> NodeReply:
         result = self.target.encode(np.asarray(view, dtype=np.uint8)[None])
@@ -64,7 +72,7 @@ def _linux_node(profile: DeviceProfile, encoder: IntEncoder, export_dir: Path) -
     files = node_files(export_dir, encoder.node)
     with deploy_linux_target(profile, files.onnx, "node", code_exponent=encoder.code_exponent,
                              view_shape=encoder.input_shape, exact_model_path=files.exact_onnx,
-                             check_path=files.check_vectors) as target:
+                             check_path=files.check_vectors, link_stream=encoder.node) as target:
         yield LinuxNodeTarget(profile, encoder, target)
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
-from harness.core.errors import ConfigError, DeviceError
+from harness.core.errors import ConfigError, DeviceError, ProtocolError
 from harness.targets.mcu.firmware import FirmwareImage, build_firmware
 from harness.core.paths import FIRMWARE_DIR, KERNEL_INCLUDE_DIRS, KERNEL_SOURCES, cache_root
 from harness.config.profiles import DeviceProfile
@@ -24,6 +24,7 @@ from harness.targets.mcu.protocol import TimerKind
 from harness.core.registry import Registry
 from harness.targets.mcu.stack_usage import StackEstimate
 from harness.targets.mcu.driver import McuTarget
+from harness.transports.faults import FaultProxy, LinkFaults, active_link_faults, faulty_url
 from quant_models.codegen import generate_model_c
 from quant_models.intparams import IntEncoder
 
@@ -77,7 +78,14 @@ def _deploy_qemu(profile: DeviceProfile, image: FirmwareImage) -> Iterator[str]:
     shift = profile.deploy.icount_shift if profile.deploy.icount_shift is not None else ICOUNT_SHIFT
     spec = QemuNodeSpec(board.qemu_machine, image.elf, name=f"{profile.name}/node{image.node_id}", icount_shift=shift)
     with QemuNode(spec) as node:
-        yield node.url
+        try:
+            yield node.url
+        except DeviceError as exc:
+            if not node.exited_within(1.0):
+                raise
+            raise DeviceError(f"device {profile.name}/node{image.node_id}: the emulator exited "
+                              f"(status {node.exit_status}) while the run talked to it: {exc}; "
+                              f"QEMU's stderr: {node.stderr_text().strip() or '(empty)'}") from exc
 
 
 @register_deployer("command")
@@ -114,6 +122,7 @@ class DeployedMcuNode:
     encoder: IntEncoder
     firmware: FirmwareImage
     target: McuTarget
+    fault_proxy: FaultProxy | None = None
 
     @property
     def icount_shift(self) -> int | None:
@@ -125,10 +134,12 @@ def model_hash8(encoder: IntEncoder) -> bytes:
 
 
 @contextmanager
-def deploy_mcu_node(profile: DeviceProfile, encoder: IntEncoder, *,
-                    expected_hash: bytes | None = None) -> Iterator[DeployedMcuNode]:
+def deploy_mcu_node(profile: DeviceProfile, encoder: IntEncoder, *, expected_hash: bytes | None = None,
+                    link_faults: LinkFaults | None = None) -> Iterator[DeployedMcuNode]:
     """Build, deploy and connect; the target refuses firmware whose hash is not ``expected_hash``
-    (default: ``encoder``'s own). Stops emulators and closes links on exit."""
+    (default: ``encoder``'s own). ``link_faults`` (default: the run's, see
+    :func:`harness.transports.faults.injecting`) puts a fault-injecting proxy on the link.
+    Stops emulators and closes links on exit."""
     from harness.emulators.qemu import ICOUNT_SHIFT
 
     image = build_node_firmware(profile, encoder)
@@ -137,10 +148,19 @@ def deploy_mcu_node(profile: DeviceProfile, encoder: IntEncoder, *,
         shift = profile.deploy.icount_shift if profile.deploy.icount_shift is not None else ICOUNT_SHIFT
     with ExitStack() as stack:
         url = stack.enter_context(DEPLOYERS.get(profile.deploy.method)(profile, image))
+        faults = link_faults if link_faults is not None else active_link_faults()
+        url, proxy = stack.enter_context(faulty_url(url, faults, stream=encoder.node))
         target = McuTarget(url, name=f"{profile.name}/node{encoder.node}",
                            expected_model_hash=expected_hash or model_hash8(encoder), icount_shift=shift,
                            reply_timeout=profile.transport.reply_timeout_s,
                            max_retries=profile.transport.max_retries)
-        target.connect()
+        try:
+            target.connect()
+        except ProtocolError:
+            raise
+        except DeviceError as exc:
+            if profile.name in str(exc):
+                raise
+            raise DeviceError(f"device {profile.name} ({profile.source}), node {encoder.node}: {exc}") from exc
         stack.callback(target.close)
-        yield DeployedMcuNode(profile, encoder, image, target)
+        yield DeployedMcuNode(profile, encoder, image, target, proxy)

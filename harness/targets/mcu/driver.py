@@ -1,15 +1,24 @@
 """Host side of a microcontroller node: handshake, model-hash check, PING and INFER with retries.
 
 The same class drives a real board (``/dev/ttyACM0``, ``rfc2217://``) and an emulated one
-(``socket://`` to QEMU); only the tick conversion differs, and it is told which applies. The
-device's reply to each request echoes the request's sequence number; every attempt gets a new
-one, so a late reply to an earlier attempt is recognised and skipped, never taken for the
-current one. A corrupted or lost frame in either direction costs one bounded retry; INFER is a
-pure function of its input, so repeating it is safe.
+(``socket://`` to QEMU); only the tick conversion differs, and it is told which applies.
+
+Recovery on a faulty link. The device's reply to each request echoes the request's sequence
+number, and every attempt gets a new one. Requests are pure functions of their payload (INFER,
+PING, HELLO), so a valid reply to *any* attempt of the current request is accepted, however
+late; replies to earlier requests are skipped. Every retry starts with a bare delimiter, which
+ends whatever fragment of an earlier attempt the device still holds, so a retry never fails on
+debris. The device cannot tell whose frame it could not decode (its error carries no sequence
+number): such an error ends the first attempt at once (nothing else can be on the line), and a
+retry's second one (the first may be the debris its delimiter flushed). A link that breaks
+(reset, reconnect) is reopened. Timeouts follow the device: each attempt waits at least
+``reply_timeout`` and at least ``TIMEOUT_PER_ROUND_TRIP`` times the slowest recent round trip,
+doubling on every retry, so a loaded host does not turn slow replies into failures.
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TypeVar
@@ -35,6 +44,9 @@ from harness.transports import Transport, TRANSPORTS
 DEFAULT_REPLY_TIMEOUT_SECONDS = 2.0
 DEFAULT_BANNER_TIMEOUT_SECONDS = 2.0
 DEFAULT_MAX_RETRIES = 3
+TIMEOUT_PER_ROUND_TRIP = 5.0  # an attempt waits at least this many times the slowest recent round trip
+MAX_REPLY_TIMEOUT_SECONDS = 120.0
+RECENT_ROUND_TRIPS = 16
 FIRST_REQUEST_SEQ = 1  # seq 0 is the device's boot banner, 0xFFFF its "unknown seq"
 LAST_REQUEST_SEQ = 0xFFFE
 RESYNC = b"\x00"  # a bare delimiter ends any partial frame the device holds; it ignores empties
@@ -117,8 +129,10 @@ class LinkStats:
     retries: int = 0
     bad_frames: int = 0  # replies that failed COBS/CRC/length checks
     timeouts: int = 0  # attempts with no reply in time
-    damaged_requests: int = 0  # device reported our request arrived corrupted
-    stale_replies: int = 0  # replies to earlier attempts, skipped
+    damaged_requests: int = 0  # device reported a frame it could not decode (ours or debris)
+    stale_replies: int = 0  # replies to earlier requests, skipped
+    late_replies: int = 0  # replies to an earlier attempt of the request, accepted
+    reconnects: int = 0  # the link broke and was reopened
 
 
 class McuTarget:
@@ -152,6 +166,7 @@ class McuTarget:
         self._hello: Hello | None = None
         self._next_seq = FIRST_REQUEST_SEQ
         self._stats = LinkStats()
+        self._round_trips: deque[float] = deque(maxlen=RECENT_ROUND_TRIPS)
 
     # -- connection --------------------------------------------------------------------------
 
@@ -286,30 +301,78 @@ class McuTarget:
         self._next_seq = FIRST_REQUEST_SEQ if seq >= LAST_REQUEST_SEQ else seq + 1
         return seq
 
+    def attempt_timeout(self, attempt: int) -> float:
+        """How long attempt ``attempt`` (1 = first) of a request waits for its reply."""
+        floor = max(self.reply_timeout, TIMEOUT_PER_ROUND_TRIP * max(self._round_trips, default=0.0))
+        return min(floor * 2 ** (attempt - 1), max(MAX_REPLY_TIMEOUT_SECONDS, self.reply_timeout))
+
     def _exchange(self, request: AnyMessage, reply_type: type[ReplyT]) -> tuple[ReplyT, int]:
-        """Send ``request`` until a valid reply arrives; (reply, attempts). Bounded retries."""
+        """Send ``request`` until a valid reply to any of its attempts arrives; (reply, attempts)."""
         self._stats.requests += 1
         attempts = self.max_retries + 1
+        seqs: list[int] = []
+        started = time.monotonic()
         for attempt in range(1, attempts + 1):
+            seq = self._new_seq()
+            seqs.append(seq)
+            wire = encode_message(request, seq)
             if attempt > 1:
                 self._stats.retries += 1
-            seq = self._new_seq()
-            self._transport.write_frame(encode_message(request, seq))
-            reply = self._await_reply(seq, request, reply_type)
+                wire = RESYNC + wire
+            if not self._send(wire):
+                continue
+            reply = self._await_reply(seqs, request, reply_type, self.attempt_timeout(attempt))
             if reply is not None:
+                self._round_trips.append(time.monotonic() - started)
                 return reply, attempt
         stats = self._stats
         raise DeviceError(
             f"device {self.name} ({self.url}): no valid reply to {request.TYPE.name} after "
             f"{attempts} attempts (timeouts {stats.timeouts}, bad frames {stats.bad_frames}, "
-            f"damaged requests {stats.damaged_requests} so far on this link)"
+            f"damaged requests {stats.damaged_requests}, reconnects {stats.reconnects} so far on "
+            "this link); check the cable or the emulator, or raise the profile's "
+            "transport.max_retries / transport.reply_timeout_s"
         )
 
-    def _await_reply(self, seq: int, request: AnyMessage, reply_type: type[ReplyT]) -> ReplyT | None:
-        """The reply to attempt ``seq``, or None if this attempt failed and should be retried."""
-        deadline = time.monotonic() + self.reply_timeout
+    def _send(self, wire: bytes) -> bool:
+        """Write a request; on a broken link, reopen it once and write again. False if the
+        reopened link broke too (the attempt counts as failed)."""
+        try:
+            self._transport.write_frame(wire)
+            return True
+        except ProtocolError:
+            raise
+        except DeviceError:
+            self._reconnect()
+        try:
+            self._transport.write_frame(RESYNC + wire)
+            return True
+        except ProtocolError:
+            raise
+        except DeviceError:
+            return False
+
+    def _reconnect(self) -> None:
+        """Reopen a broken link (a reset USB serial device, a dropped TCP connection)."""
+        self._stats.reconnects += 1
+        self._transport.close()
+        self._transport.open()
+
+    def _await_reply(self, seqs: list[int], request: AnyMessage, reply_type: type[ReplyT],
+                     timeout: float) -> ReplyT | None:
+        """A valid reply to any attempt in ``seqs`` (the last is the current one), or None if
+        the current attempt failed and should be retried."""
+        deadline = time.monotonic() + timeout
+        undecodable = 0  # device errors for frames it could not decode, during this attempt
         while True:
-            wire = self._transport.read_frame(max(0.0, deadline - time.monotonic()))
+            try:
+                wire = self._transport.read_frame(max(0.0, deadline - time.monotonic()))
+            except ProtocolError:  # no delimiter for too long: a lost delimiter merged frames
+                self._stats.bad_frames += 1
+                return None
+            except DeviceError:
+                self._reconnect()
+                return None
             if wire is None:
                 self._stats.timeouts += 1
                 return None
@@ -318,30 +381,29 @@ class McuTarget:
             except ProtocolError:
                 self._stats.bad_frames += 1
                 return None
-            if isinstance(message, ErrorReply):
-                if message.code == ErrorCode.BAD_FRAME:  # our request arrived damaged
-                    self._stats.damaged_requests += 1
+            if isinstance(message, ErrorReply) and message.code in (ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LONG):
+                # The device could not decode a frame: this attempt's request, or (after a
+                # retry's delimiter) the fragment an earlier attempt left behind.
+                self._stats.damaged_requests += 1
+                undecodable += 1
+                if undecodable >= (1 if len(seqs) == 1 else 2):
                     return None
-                if message.code == ErrorCode.FRAME_TOO_LONG:  # would fail again: do not retry
-                    raise DeviceError(
-                        f"device {self.name} ({self.url}): a {request.TYPE.name} frame exceeded the "
-                        "firmware's receive buffer; rebuild it with a larger max_input_bytes"
-                    )
-                if reply_seq == seq:
-                    raise DeviceError(
-                        f"device {self.name} ({self.url}) refused {request.TYPE.name}: "
-                        f"{_error_name(message.code)}: {message.text}"
-                    )
+                continue
+            if reply_seq not in seqs:
                 self._stats.stale_replies += 1
                 continue
-            if reply_seq != seq:
-                self._stats.stale_replies += 1
-                continue
+            if isinstance(message, ErrorReply):
+                raise DeviceError(
+                    f"device {self.name} ({self.url}) refused {request.TYPE.name}: "
+                    f"{_error_name(message.code)}: {message.text}"
+                )
             if not isinstance(message, reply_type):
                 raise ProtocolError(
                     f"device {self.name} ({self.url}) answered {request.TYPE.name} with "
                     f"{message.TYPE.name}"
                 )
+            if reply_seq != seqs[-1]:
+                self._stats.late_replies += 1
             return message
 
 

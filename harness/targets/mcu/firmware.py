@@ -3,7 +3,7 @@
 The build compiles each source separately (so GCC writes one stack-usage and call-graph file
 per object), links with the board's linker script, and reads the image's flash and RAM use back
 with ``arm-none-eabi-size``. The linker scripts carry the real parts' memory sizes, so a model
-that does not fit fails at link time; that failure becomes a DeviceError naming the board, the
+that does not fit fails at link time; that failure becomes a BuildError naming the board, the
 overflowing region and by how much.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Sequence
 
 from harness.config.boards import BOARDS, BoardDescription
 from harness.core.paths import FIRMWARE_INCLUDE, FIRMWARE_SRC, FIRMWARE_STARTUP
-from harness.core.errors import DeviceError
+from harness.core.errors import BuildError
 from harness.targets.mcu.protocol import TimerKind
 from harness.targets.mcu.stack_usage import StackEstimate, estimate_stack, load_callgraph
 
@@ -80,7 +80,7 @@ def firmware_sources(board: BoardDescription) -> list[Path]:
 def _tool(name: str) -> str:
     path = shutil.which(TOOLCHAIN_PREFIX + name)
     if path is None:
-        raise DeviceError(
+        raise BuildError(
             f"{TOOLCHAIN_PREFIX}{name} not found on PATH; install gcc-arm-none-eabi and "
             "libnewlib-arm-none-eabi to build MCU firmware"
         )
@@ -91,7 +91,7 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
 
 
-def _link_error(board: BoardDescription, output: str, model_sources: Sequence[Path]) -> DeviceError:
+def _link_error(board: BoardDescription, output: str, model_sources: Sequence[Path]) -> BuildError:
     """Turn the linker's output into the clearest error we can give."""
     overflows = [(m["region"], int(m["bytes"])) for m in _REGION_OVERFLOW.finditer(output)]
     models = ", ".join(p.name for p in model_sources)
@@ -103,11 +103,11 @@ def _link_error(board: BoardDescription, output: str, model_sources: Sequence[Pa
         ]
         sections = sorted({f"{m['section']}->{m['region']}" for m in _SECTION_NO_FIT.finditer(output)})
         where = f" (sections {', '.join(sections)})" if sections else ""
-        return DeviceError(
+        return BuildError(
             f"firmware for board {board.name} does not fit: {'; '.join(parts)}{where}; "
             f"model sources: {models}"
         )
-    return DeviceError(f"linking firmware for board {board.name} failed (model sources: {models}):\n{output.strip()}")
+    return BuildError(f"linking firmware for board {board.name} failed (model sources: {models}):\n{output.strip()}")
 
 
 def _section_sizes(elf: Path) -> tuple[int, int]:
@@ -118,7 +118,7 @@ def _section_sizes(elf: Path) -> tuple[int, int]:
     """
     result = subprocess.run([_tool("size"), str(elf)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise DeviceError(f"arm-none-eabi-size failed on {elf}: {result.stderr.strip()}")
+        raise BuildError(f"arm-none-eabi-size failed on {elf}: {result.stderr.strip()}")
     text, data, bss = (int(v) for v in result.stdout.splitlines()[1].split()[:3])
     return text + data, data + bss
 
@@ -139,17 +139,17 @@ def build_firmware(
 
     ``max_input_bytes`` sizes the firmware's receive buffer (the model's input_h * input_w must
     fit). ``timer_kind`` overrides the board's timer (e.g. DWT on real hardware that is normally
-    emulated). Raises DeviceError if the toolchain is missing, a source does not compile, or the
+    emulated). Raises BuildError if the toolchain is missing, a source does not compile, or the
     image does not fit the board's flash or RAM.
     """
     board = BOARDS.get(board) if isinstance(board, str) else board
     timer = board.timer_kind if timer_kind is None else timer_kind
     if not 0 <= node_id <= 0xFF:
-        raise DeviceError(f"node id {node_id} does not fit the HELLO message's byte")
+        raise BuildError(f"node id {node_id} does not fit the HELLO message's byte")
     model_sources = [Path(p).resolve() for p in model_sources]
     for source in model_sources:
         if not source.is_file():
-            raise DeviceError(f"model source {source} does not exist")
+            raise BuildError(f"model source {source} does not exist")
 
     out_dir = Path(out_dir)
     obj_dir = out_dir / "obj"
@@ -179,7 +179,7 @@ def build_firmware(
         results = list(pool.map(compile_one, sources, objects))
     for source, result in zip(sources, results):
         if result.returncode != 0:
-            raise DeviceError(f"compiling {source} for board {board.name} failed:\n{result.stderr.strip()}")
+            raise BuildError(f"compiling {source} for board {board.name} failed:\n{result.stderr.strip()}")
 
     elf = out_dir / "fw.elf"
     map_file = out_dir / "fw.map"

@@ -4,8 +4,9 @@ emulated instructions or real microseconds and its basis."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -30,6 +31,16 @@ class McuNodeTarget:
                                     "timer": hello.timer_kind.name, "model_hash": hello.model_hash.hex(),
                                     "protocol_version": hello.protocol_version,
                                     "stack_bounded": fw.stack.bounded})
+
+    def link_report(self) -> dict[str, Any]:
+        """Link counters of this deployment, and the faults injected on it if any."""
+        proxy = self.deployed.fault_proxy
+        report: dict[str, Any] = {"counters": asdict(self.deployed.target.stats)}
+        if proxy is not None:
+            counts = proxy.counts()
+            report |= {"link_faults": proxy.faults.spec(), "faults_injected": counts.injected(),
+                       "proxied_bytes": counts.bytes}
+        return report
 
     def infer(self, view: np.ndarray) -> NodeReply:
         result = self.deployed.target.infer(view.tobytes())
