@@ -6,6 +6,7 @@ Each entry holds ``model.pt`` (state dict), ``metrics.json``, ``train.log`` and 
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -26,12 +27,43 @@ from .partition import Partition, make_partition
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def code_version() -> str:
+def package_imports(module: str) -> set[str]:
+    """``module`` and the quant_models modules it imports, transitively (read from the source:
+    ``from . import x``, ``from .x import ...``, ``quant_models.x``), as file stems."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = PACKAGE_DIR / f"{name}.py"
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1:
+                    todo += [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+                elif node.level == 0 and (node.module or "").startswith("quant_models."):
+                    todo.append(node.module.split(".")[1])  # type: ignore[union-attr]
+                elif node.level == 0 and node.module == "quant_models":
+                    todo += [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("quant_models.")]
+    return seen
+
+
+def modules_digest(*roots: str) -> str:
+    """A digest of the source of ``roots`` and every quant_models module they import."""
     h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
+    for name in sorted(set().union(*(package_imports(root) for root in roots))):
+        h.update(name.encode())
+        h.update((PACKAGE_DIR / f"{name}.py").read_bytes())
     return h.hexdigest()
+
+
+def code_version() -> str:
+    """What a trained model depends on: the training code and what it imports (model, layers,
+    datasets, ...), not the export or code generation, so those can change without retraining."""
+    return modules_digest("training", "cache")
 
 
 def cache_key(exp: Experiment, data: Dataset) -> str:

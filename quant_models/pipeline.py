@@ -3,12 +3,13 @@ experiment's deployable model (the run engine, the pytest plugin, ``devices chec
 benchmark scripts): :func:`get_exported`."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core import paths
 
-from .cache import CachedModel, load_cached, store
+from .cache import CachedModel, load_cached, modules_digest, store
 from .datasets import Dataset, load_experiment_dataset
 from .experiment import Experiment
 from .export import ExportResult, export_model
@@ -55,8 +56,10 @@ def export_trained(exp: Experiment, trained: TrainedModel, out: Path) -> ExportR
 
 
 def export_dir_for(cache_key: str) -> Path:
-    """Where the export of the trained model with this cache key lives (shared by all runs)."""
-    return paths.cache_root() / "exports" / FORMAT.replace("/", "-") / cache_key[:24]
+    """Where the export of the trained model with this cache key lives (shared by all runs);
+    a change to the export code (export and what it imports) makes a new one."""
+    key = hashlib.sha256(f"{cache_key}\n{modules_digest('export')}".encode()).hexdigest()
+    return paths.cache_root() / "exports" / FORMAT.replace("/", "-") / key[:24]
 
 
 def get_exported(exp: Experiment, *, progress: ProgressFactory | None = None,

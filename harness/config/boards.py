@@ -16,6 +16,7 @@ from harness.targets.mcu.protocol import TimerKind
 
 CORTEX_M4F_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
 CORTEX_M4_SOFT_FLOAT_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft")
+CORTEX_M3_FLAGS = ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,21 @@ BOARDS.register(
         ram=MemoryRegion(0x2000_0000, 4 * 1024 * 1024),
         qemu_machine="mps2-an386",
         summary="Arm MPS2+ AN386 (Cortex-M4), CMSDK UART0; QEMU mps2-an386",
+    )
+)
+BOARDS.register(
+    BoardDescription(
+        name="mps2-an385",
+        # No DSP extension: the generated model compiles to the portable kernels (hil_dsp.h
+        # selects them from __ARM_FEATURE_DSP), so this board runs that path on a target.
+        cpu_flags=CORTEX_M3_FLAGS,
+        clock_hz=25_000_000,
+        timer_kind=TimerKind.SYSTICK,
+        timer_hz=25_000_000,
+        flash=MemoryRegion(0x0000_0000, 4 * 1024 * 1024),
+        ram=MemoryRegion(0x2000_0000, 4 * 1024 * 1024),
+        qemu_machine="mps2-an385",
+        summary="Arm MPS2+ AN385 (Cortex-M3, no DSP extension: portable kernels), CMSDK UART0; QEMU mps2-an385",
     )
 )
 # A real board: same firmware code paths, DWT cycle counter, reset-default 16 MHz HSI clock.

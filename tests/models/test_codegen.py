@@ -1,4 +1,6 @@
-"""Generated C compiled with the host gcc is bit-exact with the golden model (500 real images)."""
+"""Generated C compiled with the host gcc is bit-exact with the golden model (500 real images),
+on both kernel paths: the portable kernels and the DSP kernels (their instructions emulated in C,
+see tests/codegen_cases.py)."""
 import ctypes
 import json
 import os
@@ -10,39 +12,27 @@ import numpy as np
 import pytest
 
 from quant_models import golden
-from harness.core.paths import KERNEL_INCLUDE_DIRS, KERNEL_SOURCES
 from quant_models.codegen import generate_model_c, write_model_c
 from quant_models.intparams import IntEncoder
 from quant_models.manifest import load_int_encoders
-from quant_models.packing import payload_bytes
+from tests.codegen_cases import CODE_BITS, KERNEL_PATHS, build_host_library, run_host_model
 
 SAMPLES = 500
 REPO = Path(__file__).resolve().parents[2]
 
 
-def build_host_library(model_c, out_dir):
-    lib = out_dir / "libmodel.so"
-    cmd = ["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
-           *[f"-I{d}" for d in KERNEL_INCLUDE_DIRS], str(model_c), *map(str, KERNEL_SOURCES), "-o", str(lib)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return ctypes.CDLL(str(lib))
-
-
-@pytest.mark.parametrize("bits", [1, 2, 4, 8])
-def test_generated_c_matches_golden_bit_for_bit(exported, bits, tmp_path):
+@pytest.mark.parametrize("kernels", sorted(KERNEL_PATHS))
+@pytest.mark.parametrize("bits", CODE_BITS)
+def test_generated_c_matches_golden_bit_for_bit(exported, bits, kernels, tmp_path):
     ex = exported(bits)
     views = ex.trained.cached.partition.views(ex.trained.data.test_x[:SAMPLES])
     for node in (0, 3):
         ienc = load_int_encoders(ex.directory)[node]
-        lib = build_host_library(write_model_c(ienc, tmp_path / f"node{node}" / "model.c"), tmp_path / f"node{node}")
-        nbytes = payload_bytes(ienc.code_len, bits)
-        expected = golden.encode_packed(ienc, views[node])
-        got = np.zeros((SAMPLES, nbytes), np.uint8)
-        out = (ctypes.c_uint8 * nbytes)()
-        for i, view in enumerate(views[node]):
-            assert lib.hil_model_encode(view.tobytes(), out) == 0
-            got[i] = np.frombuffer(out, np.uint8)
-        mismatches = np.flatnonzero((got != expected).any(axis=1))
+        model_c = write_model_c(ienc, tmp_path / f"node{node}" / "model.c")
+        assert "Portable kernels only" not in model_c.read_text()  # the DSP path exists for this model
+        lib = build_host_library(model_c, tmp_path / f"node{node}", KERNEL_PATHS[kernels])
+        got = run_host_model(lib, ienc, views[node])
+        mismatches = np.flatnonzero((got != golden.encode_packed(ienc, views[node])).any(axis=1))
         assert mismatches.size == 0, f"node {node}: {mismatches.size} of {SAMPLES} images differ"
 
 

@@ -26,9 +26,13 @@ uint8_t board_uart_getc(void)
     return cmsdk_uart_getc(UART0_BASE, TIMER0_VALUE);
 }
 
+#ifndef MPS2_BOARD_NAME
+#define MPS2_BOARD_NAME "mps2-an386"   /* boards/mps2-an385 reuses this file under its own name */
+#endif
+
 const char *board_name(void)
 {
-    return "mps2-an386";
+    return MPS2_BOARD_NAME;
 }
 
 uint32_t board_clock_hz(void)
