@@ -50,19 +50,37 @@ def _processes(names: tuple[str, ...]) -> dict[int, str]:
     return found
 
 
+def _check_rows(report: KillReport, db: Path, table: str, key_columns: tuple[str, ...], expected_rows: int) -> None:
+    with sqlite3.connect(db) as con:
+        keys = ", ".join(key_columns)
+        rows = con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        distinct = con.execute(f"SELECT COUNT(*) FROM (SELECT DISTINCT {keys} FROM {table})").fetchone()[0]
+        integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
+    report.rows += rows
+    report.distinct_rows += distinct
+    report.expected_rows += expected_rows
+    if integrity != "ok" or not report.integrity:
+        report.integrity = integrity
+
+
 def kill_at_random_moments(args: list[str], db: Path, table: str, key_columns: tuple[str, ...],
                            expected_rows: int, kills: int, seed: int, window_s: tuple[float, float],
                            env: dict[str, str] | None = None, timeout_s: float = 900) -> KillReport:
-    """Run ``hilbench ARGS`` ``kills`` times, each SIGKILLed (its whole process group) at a moment
-    drawn from ``window_s``; then once to completion. Rows of ``table`` must be unique by
-    ``key_columns`` and number ``expected_rows``."""
+    """``kills`` cycles, each on a fresh database (``db`` numbered): run ``hilbench ARGS --db DB``,
+    SIGKILL its whole process group at a moment drawn from ``window_s``, then rerun it to
+    completion. Rows of ``table`` must be unique by ``key_columns`` and number ``expected_rows``
+    per cycle. A command that ends before its moment does not count as a kill; cycles go on
+    until ``kills`` kills (at most ``2 * kills`` cycles)."""
     rng = random.Random(seed)
-    command = [sys.executable, "-m", "harness.cli", *args]
     report = KillReport(" ".join(["hilbench", *args]))
     before = set(_processes(EMULATOR_PROCESSES))
     started = time.monotonic()
     environ = {**os.environ, **(env or {})}
-    for _ in range(kills):
+    for cycle in range(2 * kills):
+        if report.kills >= kills:
+            break
+        cycle_db = db.with_name(f"{db.stem}-{cycle}{db.suffix}")
+        command = [sys.executable, "-m", "harness.cli", *args, "--db", str(cycle_db)]
         moment = rng.uniform(*window_s)
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True, env=environ)
@@ -74,16 +92,14 @@ def kill_at_random_moments(args: list[str], db: Path, table: str, key_columns: t
             proc.wait()
             report.kills += 1
             report.moments_s.append(round(moment, 2))
-    final = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=environ)
-    report.final_returncode = final.returncode
+        final = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=environ)
+        if final.returncode != 0:
+            report.final_returncode = final.returncode
+            report.final_stderr = final.stderr[-1500:]
+            break
+        report.final_returncode = 0
+        _check_rows(report, cycle_db, table, key_columns, expected_rows)
     report.wall_s = time.monotonic() - started
     time.sleep(0.5)  # emulators of a killed group are reaped by init a moment later
     report.orphans = [f"{pid} {cmd}" for pid, cmd in _processes(EMULATOR_PROCESSES).items() if pid not in before]
-    with sqlite3.connect(db) as con:
-        keys = ", ".join(key_columns)
-        report.rows = con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        report.distinct_rows = con.execute(f"SELECT COUNT(*) FROM (SELECT DISTINCT {keys} FROM {table})").fetchone()[0]
-        report.integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
-    report.expected_rows = expected_rows
-    report.final_stderr = final.stderr[-1500:] if final.returncode else ""
     return report
