@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""MCU benchmark: the paper's node encoder (C = 64, q = 4) on the emulated Cortex-M4 boards.
+"""MCU benchmark: the paper's node encoder (C = 64, q = 4) on the emulated Cortex-M boards (M4 with
+the DSP kernels, M3 with the portable ones).
 
 Records instructions per inference and per MAC (counted on the emulator with QEMU -icount:
 instructions, not cycles), flash and RAM use (from the firmware build), and wire bytes per
@@ -18,7 +19,7 @@ from harness.run import RunOptions, run_experiment
 from quant_models.experiment import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
-DEVICES = ("stm32f405-qemu", "mps2-an386-qemu")
+DEVICES = ("stm32f405-qemu", "mps2-an386-qemu", "mps2-an385-qemu")
 
 
 def main() -> None:

@@ -134,7 +134,7 @@ def test_killed_run_resumes_with_exactly_one_row_per_node_and_sample(tmp_path):
 
 def test_ctrl_c_keeps_finished_rows_and_marks_the_run_interrupted(tmp_path):
     db = tmp_path / "interrupted.sqlite"
-    args = [sys.executable, "-m", "harness.cli", "run", "experiments/smoke.yaml", "--samples", "150", "--db", str(db)]
+    args = [sys.executable, "-m", "harness.cli", "run", "experiments/smoke.yaml", "--samples", "1000", "--db", str(db)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
