@@ -26,7 +26,7 @@ import numpy as np
 
 from harness.config.profiles import DeviceProfile, get_profile, preflight
 from harness.core.errors import BuildError, ConfigError, DeviceError
-from harness.core.paths import REPO_ROOT
+from harness.core.paths import REPO_ROOT, device_code_digest
 from harness.measure.meters import METERS
 from harness.measure.radio_models import get_radio_profile
 from harness.store.results import InferenceRow, ResultsStore, stored_codes
@@ -268,7 +268,7 @@ def prepare(plan: RunPlan, progress: ProgressFactory | None = None) -> ExportedM
 def run_key(plan: RunPlan, model: ExportedModel) -> str:
     """What identifies a run: the same key resumes (or returns) the same run."""
     key = [plan.experiment.content_hash(), model.manifest["model_hash"], plan.node_devices, plan.gateway,
-           plan.samples, plan.data.fingerprint]
+           plan.samples, plan.data.fingerprint, device_code_digest()]
     if plan.link_faults is not None:  # a fault-injection run is its own run
         key.append(plan.link_faults.spec())
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()

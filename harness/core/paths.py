@@ -5,6 +5,7 @@ Every path into ``devices/`` is spelled here once; other modules import these na
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -52,3 +53,21 @@ def model_cache() -> Path:
 
 def results_dir() -> Path:
     return REPO_ROOT / "results"
+
+
+FIRMWARE_SOURCE_SUFFIXES = (".c", ".h", ".ld")
+
+
+def firmware_source_digest() -> str:
+    """A digest of every firmware source (C, headers, linker scripts) under devices/firmware."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in FIRMWARE_DIR.rglob("*") if p.is_file() and p.suffix in FIRMWARE_SOURCE_SUFFIXES):
+        h.update(str(path.relative_to(FIRMWARE_DIR)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def device_code_digest() -> str:
+    """What runs on the devices besides the model: the firmware sources and the Linux runner. A
+    run measured with other device code is another run (its counts and timings differ)."""
+    return hashlib.sha256(f"{firmware_source_digest()}\n".encode() + RUNNER_SOURCE.read_bytes()).hexdigest()

@@ -18,7 +18,7 @@ from typing import Callable, ContextManager, Iterator
 
 from harness.core.errors import ConfigError, DeviceError, ProtocolError
 from harness.targets.mcu.firmware import FirmwareImage, build_firmware
-from harness.core.paths import FIRMWARE_DIR, KERNEL_INCLUDE_DIRS, KERNEL_SOURCES, cache_root
+from harness.core.paths import KERNEL_INCLUDE_DIRS, KERNEL_SOURCES, cache_root, firmware_source_digest
 from harness.config.profiles import DeviceProfile
 from harness.targets.mcu.protocol import TimerKind
 from harness.core.registry import Registry
@@ -33,14 +33,6 @@ DEPLOYERS: Registry[Deployer] = Registry("microcontroller deploy method")
 register_deployer = DEPLOYERS.register
 
 
-def _firmware_source_digest() -> str:
-    h = hashlib.sha256()
-    for path in sorted(p for p in FIRMWARE_DIR.rglob("*") if p.is_file() and p.suffix in {".c", ".h", ".ld"}):
-        h.update(str(path.relative_to(FIRMWARE_DIR)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
 def _image_from_json(d: dict) -> FirmwareImage:
     stack = StackEstimate(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("stack").items()})  # type: ignore[arg-type]  # JSON written by asdict()
     return FirmwareImage(**{**d, "elf": Path(d["elf"]), "map_file": Path(d["map_file"]),
@@ -53,7 +45,7 @@ def build_node_firmware(profile: DeviceProfile, encoder: IntEncoder, *, root: Pa
     if board is None:
         raise ConfigError(f"{profile.source}: device {profile.name!r} is not a microcontroller")
     model_c = generate_model_c(encoder)
-    key = hashlib.sha256("\n".join([board.name, str(encoder.node), model_c, _firmware_source_digest()]).encode()).hexdigest()
+    key = hashlib.sha256("\n".join([board.name, str(encoder.node), model_c, firmware_source_digest()]).encode()).hexdigest()
     out = (root or cache_root() / "firmware") / f"{board.name}-node{encoder.node}-{key[:16]}"
     meta = out / "image.json"  # written last: its presence marks a complete build
     if meta.exists():
