@@ -146,7 +146,7 @@ def test_ctrl_c_keeps_finished_rows_and_marks_the_run_interrupted(tmp_path):
         except sqlite3.OperationalError:
             continue
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=300)  # the nodes finish their current inference and stop
     assert proc.returncode == 130 and "finished results are kept" in stderr
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
