@@ -116,9 +116,9 @@ def _add_counts(total: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
 
 
 class _NodeRunner:
-    """Runs one node's samples on its own target, resetting the target (relaunching an emulator,
-    redeploying a board, reopening a session) when it fails, and resuming from the next sample.
-    Reports to the engine's thread through ``events``; stops between inferences when asked."""
+    """Runs one node's samples on its own target, in the target's batches, resetting the target
+    (relaunching an emulator, redeploying a board, reopening a session) when it fails, and
+    resuming from the first sample not finished. Reports to the engine's thread through ``events``; stops between batches when asked."""
 
     def __init__(self, plan: RunPlan, model: ExportedModel, node: int, views: np.ndarray,
                  golden_codes: np.ndarray, samples: list[int], run_id: str,
@@ -139,8 +139,10 @@ class _NodeRunner:
                     self.events.put(_Event("opened", self.node, target=target))
                     try:
                         while pending and not self.stop.is_set():
-                            self.events.put(_Event("row", self.node, row=self._infer(target, pending[0])))
-                            pending.pop(0)
+                            batch = pending[:max(1, target.batch_size)]
+                            for s, reply in zip(batch, target.infer_batch(self.views[batch])):
+                                self.events.put(_Event("row", self.node, row=self._row(s, reply)))
+                            del pending[:len(batch)]
                             resets = 0
                     finally:
                         self.events.put(_Event("closing", self.node, target=target, link=_link_report(target)))
@@ -157,8 +159,7 @@ class _NodeRunner:
                         "emulators on a busy machine)") from exc
                 self.events.put(_Event("reset", self.node, error=exc))
 
-    def _infer(self, target: NodeTarget, s: int) -> InferenceRow:
-        reply: NodeReply = target.infer(self.views[s])
+    def _row(self, s: int, reply: NodeReply) -> InferenceRow:
         golden_code = self.golden_codes[s].tobytes()
         return {"run_id": self.run_id, "node": self.node, "sample": s,
                 "device": self.profile.name, "ticks": reply.ticks,

@@ -245,17 +245,33 @@ def run_study(study: Study, store: ResultsStore, *, workers: int | None = None, 
     return study_table(store, study)
 
 
+WAIT_SECONDS = 1.0  # the longest the main thread blocks, so Ctrl-C is seen at once
+
+
 def _execute(tasks: list[StudyTask], db: str, workers: int | None, scheduler: str | None) -> Iterator[list[dict]]:
-    from distributed import as_completed
+    from distributed import wait
 
     with open_client(workers, scheduler) as client:
+        cluster = getattr(client, "cluster", None)
         futures = [client.submit(run_task, task, db, key=f"hilbench-study-{task.points[0].key}",
                                  resources={EMULATED_BOARDS: task.emulated_boards} if task.emulated_boards else None,
                                  pure=False)
                    for task in tasks]
-        for future in as_completed(futures):
-            yield future.result()
-        cluster = getattr(client, "cluster", None)
+        pending = set(futures)
+        try:
+            while pending:
+                # A blocking wait would keep Ctrl-C from the main thread: a signal that lands on
+                # one of Dask's threads interrupts nothing until a point finishes.
+                try:
+                    done, pending = wait(pending, timeout=WAIT_SECONDS, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    continue
+                for future in futures:
+                    if future in done:
+                        yield future.result()
+        except BaseException:
+            client.cancel(list(pending))  # finished points are in the store; the rest rerun next time
+            raise
     if cluster is not None:
         cluster.close()
 

@@ -103,10 +103,20 @@ def _(op: FcOp, index: int, shape: tuple[int, ...], src: str, dst: str) -> Emitt
 PORTABLE_TEMPLATE = Template("""\
 $declarations
 $buffers
+const uint8_t hil_model_dsp_kernels = 0;
+
 int hil_model_encode(const uint8_t *input, uint8_t *packed_code)
 {
 $calls
     hil_pack_codes($codes, $code_len, $code_bits, packed_code);
+    return 0;
+}
+
+int hil_model_encode_marked(const uint8_t *input, uint8_t *packed_code, hil_mark_t mark)
+{
+$marked_calls
+    hil_pack_codes($codes, $code_len, $code_bits, packed_code);
+    mark();
     return 0;
 }
 """)
@@ -128,7 +138,8 @@ def portable_source(encoder: IntEncoder) -> str:
     used = buffers[:min(len(encoder.ops), 2)]
     return PORTABLE_TEMPLATE.substitute(
         declarations="".join(declarations), buffers="".join(f"static uint8_t {b}[{size}];\n" for b in used),
-        calls="\n".join(calls), codes=src, code_len=encoder.code_len, code_bits=encoder.code_bits)
+        calls="\n".join(calls), marked_calls="\n".join(f"{c}\n    mark();" for c in calls), codes=src,
+        code_len=encoder.code_len, code_bits=encoder.code_bits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,11 +244,23 @@ static __attribute__((noinline)) void hil_layer_pack(uint8_t *packed_code)
 $pack
 }
 
+const uint8_t hil_model_dsp_kernels = 1;
+
 int hil_model_encode(const uint8_t *input, uint8_t *packed_code)
 {
     hil_layer_input(input);
 $calls
     hil_layer_pack(packed_code);
+    return 0;
+}
+
+int hil_model_encode_marked(const uint8_t *input, uint8_t *packed_code, hil_mark_t mark)
+{
+    hil_layer_input(input);
+    mark();
+$marked_calls
+    hil_layer_pack(packed_code);
+    mark();
     return 0;
 }
 """)
@@ -259,7 +282,8 @@ def dsp_source(encoder: IntEncoder, plan: DspPlan) -> str:
         frames="\n".join(frames), declarations="\n".join(e.declarations for e in emitted),
         input_frame=frame_name(plan.input), input_h=plan.input.height, input_w=plan.input.width,
         input_pad=plan.input.pad, pack="\n".join(f"    {s}" for s in pack),
-        calls="\n".join(f"    {e.function}();" for e in emitted))
+        calls="\n".join(f"    {e.function}();" for e in emitted),
+        marked_calls="\n".join(f"    {e.function}();\n    mark();" for e in emitted))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +327,40 @@ def generate_model_c(encoder: IntEncoder) -> str:
         input_h=encoder.input_shape[0], input_w=encoder.input_shape[1], code_len=encoder.code_len,
         code_bits=encoder.code_bits, code_bytes=payload_bytes(encoder.code_len, encoder.code_bits),
         macs=encoder.macs, body=body)
+
+
+@dataclass(frozen=True)
+class ModelStage:
+    """One stage of a generated encoder as the per-layer profile sees it (one mark each)."""
+
+    name: str
+    macs: int
+
+
+def model_stages(encoder: IntEncoder, dsp: bool) -> list[ModelStage]:
+    """The stages ``hil_model_encode_marked`` marks, in order, for the DSP or the portable build:
+    the DSP build loads the input into its padded frame first, may fuse a max-pool into the
+    convolution before it, and packs the codes last; the portable build runs one kernel per op
+    and packs the codes last."""
+    shapes = encoder.shapes()
+    macs = [op.macs(shape) for op, shape in zip(encoder.ops, shapes)]
+    plan = None
+    if dsp:
+        try:
+            plan = plan_dsp(encoder)
+        except DspUnsupported:
+            plan = None
+    if plan is None:
+        stages = [ModelStage(f"{op.name}{i}", m) for i, (op, m) in enumerate(zip(encoder.ops, macs))]
+        return stages + [ModelStage("pack", 0)]
+    stages = [ModelStage("input", 0)]
+    for stage in plan.stages:
+        i = stage.op_index
+        name = f"{encoder.ops[i].name}{i}"
+        if isinstance(stage, ConvStage) and stage.pool > 1:
+            name += f"+{encoder.ops[i + 1].name}{i + 1}"
+        stages.append(ModelStage(name, macs[i]))
+    return stages + [ModelStage("pack", 0)]
 
 
 def write_model_c(encoder: IntEncoder, path: Path) -> Path:

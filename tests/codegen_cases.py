@@ -54,8 +54,9 @@ def build_host_models(model_sources: Sequence[Path], out_dir: Path, defines: Seq
             units.append(Path(source))
             continue
         unit = out_dir / f"unit{i}.c"
-        unit.write_text(f"#define hil_model_encode hil_model_encode_{i}\n#define hil_model_info hil_model_info_{i}\n"
-                        f'#include "{Path(source).resolve()}"\n')
+        renamed = ("hil_model_encode", "hil_model_encode_marked", "hil_model_info", "hil_model_dsp_kernels")
+        unit.write_text("".join(f"#define {name} {name}_{i}\n" for name in renamed)
+                        + f'#include "{Path(source).resolve()}"\n')
         units.append(unit)
     lib = out_dir / f"libmodels{''.join(d.replace('-D', '_') for d in defines)}.so"
     cmd = ["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", *defines,

@@ -43,6 +43,7 @@ from harness.targets.mcu.protocol import (
     Hello,
     InferReply,
     MessageType,
+    ProfileReply,
     TimerKind,
     decode_frame,
     decode_message,
@@ -157,7 +158,13 @@ def random_frame(rng: random.Random, capacity: int) -> Frame:
     elif frame_type == MessageType.HELLO:
         payload = random_hello(rng).to_payload()
     elif frame_type == MessageType.INFER_RESULT:
-        payload = InferReply(code=_payload_bytes(rng, max(0, length - 8)), ticks=rng.randrange(2**64)).to_payload()
+        count = rng.randint(1, 16)
+        size = max(0, length - 3 * count) // count
+        payload = InferReply(codes=tuple(_payload_bytes(rng, size) for _ in range(count)),
+                             ticks=tuple(rng.randrange(2 ** rng.choice((8, 24, 64))) for _ in range(count))).to_payload()
+    elif frame_type == MessageType.PROFILE_RESULT:
+        payload = ProfileReply(code=_payload_bytes(rng, max(0, length - 20)),
+                               stage_ticks=tuple(rng.randrange(2**40) for _ in range(rng.randint(0, 8)))).to_payload()
     elif frame_type == MessageType.ERROR:
         payload = ErrorReply(code=rng.choice([*ErrorCode, rng.randrange(0x10000)]),
                              text=rng.randbytes(length // 2).decode("latin-1")).to_payload()
@@ -172,7 +179,7 @@ def random_hello(rng: random.Random) -> Hello:
                  input_h=u16(), input_w=u16(), code_len=u16(), code_bits=rng.randrange(256), code_bytes=u16(),
                  macs=u32(), clock_hz=u32(), timer_hz=u32(), timer_kind=rng.choice(list(TimerKind)),
                  flash_used=u32(), ram_used=u32(), stack_size=u32(), max_input_bytes=u32(),
-                 board="".join(chr(rng.randrange(32, 127)) for _ in range(rng.randint(0, 40))))
+                 max_batch=rng.randrange(256), dsp_kernels=rng.random() < 0.5, board="".join(chr(rng.randrange(32, 127)) for _ in range(rng.randint(0, 40))))
 
 
 def _ends_with_full_block(encoded: bytes) -> bool:

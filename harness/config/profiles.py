@@ -29,6 +29,8 @@ class TransportSpec(_Strict):
     url: str | None = Field(default=None, description="pyserial URL: /dev/ttyACM0, rfc2217://host:port, socket://")
     reply_timeout_s: float = Field(default=2.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
+    max_batch: int = Field(default=16, ge=1, le=255,
+                           description="samples per INFER frame (microcontrollers); 1 = one frame per sample")
 
 
 class SshSpec(_Strict):

@@ -42,6 +42,22 @@ def _node_table(summaries: list[dict]) -> str:
     return _html_table(head, rows)
 
 
+def _layer_table(summaries: list[dict]) -> str:
+    """The per-layer profile of every node that has one: each stage's MACs and device count."""
+    head = ("run", "node", "device", "stage", "MACs", "count", "unit", "per MAC", "share")
+    rows = []
+    for s in summaries:
+        for n in s["nodes"]:
+            layers = n.get("layers") or []
+            total = sum(layer["count"] for layer in layers) or 1.0
+            for layer in layers:
+                per_mac = layer["per_mac"]
+                rows.append((s["run_id"], n["node"], n["device"], layer["stage"], layer["macs"],
+                             f"{layer['count']:,.0f}", layer["unit"], "" if per_mac is None else f"{per_mac:.3f}",
+                             f"{layer['count'] / total:.1%}"))
+    return _html_table(head, rows) if rows else "<p>No node reported a per-layer profile.</p>"
+
+
 def _html_table(head, rows) -> str:
     th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -105,6 +121,8 @@ def write_report(store: ResultsStore, run_ids: list[str] | None, out: Path) -> P
              bits_and_bytes(summaries, out), energy_per_inference(summaries, out)]
     page = _page("hilbench report", f"<p>Database: {html.escape(str(store.path))}. Runs: {len(summaries)}.</p>",
                  ["<h2>Runs</h2>", _run_table(summaries), "<h2>Nodes</h2>", _node_table(summaries),
+                  "<h2>Per-layer profile (one inference per node deployment; emulated counts are "
+                  "instructions, not cycles)</h2>", _layer_table(summaries),
                   "<h2>Run summaries (JSON)</h2><pre>" + html.escape(json.dumps(summaries, indent=1)) + "</pre>"],
                  [f for f in drawn if f is not None])
     report = out / "report.html"

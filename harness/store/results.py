@@ -279,3 +279,12 @@ class ResultsStore:
 
     def nodes(self, run_id: str) -> pd.DataFrame:
         return self._frame("SELECT * FROM nodes WHERE run_id = ? ORDER BY node", (run_id,))
+
+    def layers(self, run_id: str) -> pd.DataFrame:
+        """The per-layer profile of each node of ``run_id`` (nodes that report one): node, device,
+        stage, MACs, count (instructions emulated, cycles on a board), unit, per MAC."""
+        rows = []
+        for _, n in self.nodes(run_id).iterrows():
+            info = json.loads(n["info"]) if n["info"] else {}
+            rows += [{"node": int(n.node), "device": n.device, **layer} for layer in info.get("layers") or []]
+        return pd.DataFrame(rows, columns=["node", "device", "stage", "macs", "count", "unit", "per_mac"])

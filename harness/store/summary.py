@@ -57,6 +57,7 @@ class NodeSummary(TypedDict):
     ram_bytes: int | None
     stack_bytes: int | None
     retries: int
+    layers: list[dict[str, Any]] | None
     info: dict[str, Any]
 
 
@@ -159,6 +160,8 @@ def summarize_run(store: ResultsStore, run_id: str, manifest: Manifest,
     node_rows: list[NodeSummary] = []
     for _, n in nodes.iterrows():
         rows = inf[inf.node == n.node]
+        info = json.loads(n["info"]) if n["info"] else {}
+        layers = info.pop("layers", None)
         lat = distribution(rows["latency"].tolist())
         rtt = distribution((rows["host_rtt_s"] * 1000).tolist())
         node_rows.append({
@@ -175,7 +178,8 @@ def summarize_run(store: ResultsStore, run_id: str, manifest: Manifest,
             "ram_bytes": None if n.ram_bytes is None else int(n.ram_bytes),
             "stack_bytes": None if n.stack_bytes is None else int(n.stack_bytes),
             "retries": int((rows["attempts"].fillna(1) - 1).sum()),
-            "info": json.loads(n["info"]) if n["info"] else {},
+            "layers": layers,  # per stage: MACs, instructions or cycles, per MAC (microcontrollers)
+            "info": info,
         })
     wire = (inf["wire_bytes_sent"].fillna(0) + inf["wire_bytes_received"].fillna(0)).sum()
     useful_per_node = [m["view_shape"][0] * m["view_shape"][1] + m["payload_bytes"] for m in manifest["nodes"]]

@@ -54,8 +54,25 @@ class NodeTarget(Protocol):
     profile: DeviceProfile
     encoder: IntEncoder
     info: NodeInfo
+    batch_size: int  # most views the engine hands infer_batch at once
 
     def infer(self, view: np.ndarray) -> NodeReply: ...
+
+    def infer_batch(self, views: np.ndarray) -> list[NodeReply]:
+        """One reply per view, in order; each timed on its own."""
+        ...
+
+
+class OneAtATime:
+    """For node targets that take one view per request: ``infer_batch`` is a loop."""
+
+    batch_size = 1
+
+    def infer(self, view: np.ndarray) -> NodeReply:
+        raise NotImplementedError
+
+    def infer_batch(self, views: np.ndarray) -> list[NodeReply]:
+        return [self.infer(view) for view in views]
 
 
 class Gateway(Protocol):

@@ -10,14 +10,15 @@ from typing import Iterator
 import numpy as np
 
 from harness.config.profiles import DeviceProfile
-from harness.targets.contract import HOST_BASIS, Gateway, NodeInfo, NodeReply, NodeTarget, register_gateway, register_node_target
+from harness.targets.contract import (HOST_BASIS, Gateway, NodeInfo, NodeReply, NodeTarget, OneAtATime, register_gateway,
+                                      register_node_target)
 from harness.core.errors import DeviceError
 from quant_models.intparams import IntEncoder
 from quant_models.manifest import NodeFiles, node_files
 from quant_models.packing import pack_codes
 
 
-class LocalNodeTarget:
+class LocalNodeTarget(OneAtATime):
     """The node's encoder in onnxruntime on this machine, run as the device runner runs it
     (devices/runner/hil_runner.py: the same exact configurations, self-check and timing)."""
 

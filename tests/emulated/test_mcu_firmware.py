@@ -22,7 +22,7 @@ from harness.config.boards import BOARDS
 from harness.emulators.qemu import ICOUNT_SHIFT, QemuNode, QemuNodeSpec, qemu_nodes
 from harness.core.errors import DeviceError
 from harness.targets.mcu.firmware import FirmwareImage, build_firmware
-from harness.targets.mcu.protocol import TimerKind
+from harness.targets.mcu.protocol import PROTOCOL_VERSION, TimerKind, encode_uleb128
 from harness.targets.mcu.driver import EMULATED_LABEL, DeviceWork, McuTarget
 
 
@@ -116,7 +116,7 @@ def test_hello_describes_board_model_and_build(board: str, images: dict[str, Fir
     with boot(image) as node, target_for(node.url, name=board) as target:
         hello = target.hello
         assert target.ping() < 1.0
-    assert hello.protocol_version == 1
+    assert hello.protocol_version == PROTOCOL_VERSION == 2
     assert hello.board == board
     assert hello.node_id == 0
     assert hello.model_hash == MODEL_HASH
@@ -141,11 +141,52 @@ def test_infer_matches_reference(board: str, images: dict[str, FirmwareImage]) -
     # a clean link: nothing damaged; a retry can only follow a reply slower than the timeout (a
     # busy host), and its late reply is still taken
     assert stats.bad_frames == stats.damaged_requests == 0 and stats.retries == stats.timeouts
-    # 196 input bytes + type, seq and CRC (7) + COBS code byte + delimiter; 8 code bytes +
-    # 8 tick bytes + 7, + 2.
-    assert {(r.wire_bytes_sent, r.wire_bytes_received) for r in results if r.attempts == 1} == {(205, 25)}
+    # 196 input bytes + type, seq and CRC (7) + COBS code byte + delimiter; a count byte, the
+    # ticks (LEB128), 8 code bytes, + 7, + 2.
+    assert all((r.wire_bytes_sent, r.wire_bytes_received) == (205, 1 + len(encode_uleb128(r.ticks)) + 8 + 7 + 2)
+               for r in results if r.attempts == 1)
     # Zero pixels are skipped, so the work depends on the input.
     assert len({r.ticks for r in results}) > 3
+
+
+@pytest.mark.parametrize("board", EMULATED_BOARDS)
+def test_a_batch_times_and_encodes_every_sample_as_single_requests_do(
+    board: str, images: dict[str, FirmwareImage]
+) -> None:
+    inputs = random_inputs(100, seed=9)
+    with boot(images[board]) as node, target_for(node.url, name=board) as target:
+        single = [target.infer(pixels) for pixels in inputs[:20]]
+        assert target.batch_size == 16  # the firmware's default HIL_MAX_BATCH; 16 inputs fit its buffer
+        batched = target.infer_batch(inputs)
+        stats = target.stats
+    assert [r.code for r in batched] == [reference_encode(pixels) for pixels in inputs]
+    assert [r.ticks for r in batched[:20]] == [r.ticks for r in single]
+    assert stats.batches == 20 + 7  # 100 samples in frames of 16
+    # Framing, CRC and the reply's header are paid once a frame: per sample, the link carries the
+    # 196 input and 8 code bytes, its ticks, and a share of ~20 bytes per frame.
+    wire = sum(r.wire_bytes_sent + r.wire_bytes_received for r in batched)
+    assert wire / (len(inputs) * (196 + 8)) < 1.03
+    assert {r.attempts for r in batched} == {1}
+
+
+def test_a_failed_batch_is_split_and_the_batch_grows_back(images: dict[str, FirmwareImage]) -> None:
+    inputs = random_inputs(16 * 12, seed=10)
+    with boot(images["netduinoplus2"]) as node, TamperingProxy(node.port) as proxy:
+        with target_for(proxy.url, reply_timeout=0.5) as target:
+            connect_sent, connect_received = target.stats.bytes_sent, target.stats.bytes_received
+            proxy.tamper_next("to_device", flip_middle_byte)
+            first = target.infer_batch(inputs[:16])
+            assert target._batch == 8  # the size that worked; it doubles after GROW_BATCH_AFTER clean frames
+            rest = target.infer_batch(inputs[16:])
+            stats = target.stats
+    results = first + rest
+    assert [r.code for r in results] == [reference_encode(pixels) for pixels in inputs]
+    assert stats.batch_splits == 1 and stats.damaged_requests == 1
+    assert [r.attempts for r in first] == [2] * 16  # the damaged frame, then its half
+    assert target._batch == 16
+    # every byte is charged to a sample: the failed frame's to the samples it carried
+    assert sum(r.wire_bytes_sent for r in results) == stats.bytes_sent - connect_sent
+    assert sum(r.wire_bytes_received for r in results) == stats.bytes_received - connect_received
 
 
 def test_ticks_are_identical_in_fresh_runs_and_count_the_same_instructions_on_both_boards(

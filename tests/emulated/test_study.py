@@ -2,8 +2,12 @@
 boards: device points bit-exact, a host-only point labelled so, a failing point recorded with its
 reason, and a second run that trains and runs nothing."""
 import json
+import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +91,39 @@ def test_study_cli_json_show_and_export(study_file, tmp_path):
     assert report.returncode == 0, report.stderr
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("<figure>") == 3 and "Figure 3)" in page and "FLASH" in page
+
+
+def test_ctrl_c_stops_a_study_at_once_and_a_rerun_finishes_it(study_file, tmp_path):
+    """Ctrl-C in a terminal signals the whole process group (the CLI and its Dask workers)."""
+    db = tmp_path / "interrupted.sqlite"
+    args = [sys.executable, "-m", "harness.cli", "study", str(study_file), "--db", str(db), "--workers", "2"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and _finished_points(db) < 1:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the study ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    signalled = time.monotonic()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "finished results are kept" in stderr, stderr[-2000:]
+    assert time.monotonic() - signalled < 60
+    kept = _finished_points(db)
+    assert kept >= 1
+
+    rerun = subprocess.run([*args, "--json"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 1, rerun.stderr[-2000:]  # the flash-overflow point fails by design
+    rows = json.loads(rerun.stdout.splitlines()[-1])
+    assert [r["status"] for r in rows] == ["complete", "complete", "complete", "failed"]
+    with sqlite3.connect(db) as con:
+        duplicated = con.execute("SELECT COUNT(*) FROM (SELECT run_id, node, sample FROM inferences "
+                                 "GROUP BY run_id, node, sample HAVING COUNT(*) > 1)").fetchone()[0]
+    assert duplicated == 0
+
+
+def _finished_points(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT COUNT(*) FROM study_points WHERE status IN ('complete', 'failed')").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0

@@ -30,6 +30,8 @@ from harness.targets.mcu.protocol import (
     HelloRequest,
     Infer,
     InferReply,
+    Profile,
+    ProfileReply,
     MessageType,
     Ping,
     Pong,
@@ -54,13 +56,17 @@ hellos = st.builds(
     Hello, protocol_version=u8, node_id=u8, model_hash=st.binary(min_size=8, max_size=8), input_h=u16,
     input_w=u16, code_len=u16, code_bits=u8, code_bytes=u16, macs=u32, clock_hz=u32, timer_hz=u32,
     timer_kind=st.sampled_from(TimerKind), flash_used=u32, ram_used=u32, stack_size=u32, max_input_bytes=u32,
-    board=st.text(st.characters(max_codepoint=0x7F), max_size=255),
+    max_batch=u8, dsp_kernels=st.booleans(), board=st.text(st.characters(max_codepoint=0x7F), max_size=255),
 )
 # Payload sizes reach past one and two full COBS blocks (254 bytes).
 blobs = st.binary(max_size=600)
 messages = st.one_of(
     st.just(HelloRequest()), hellos, st.builds(Ping, blobs), st.builds(Pong, blobs), st.builds(Infer, blobs),
-    st.builds(InferReply, code=blobs, ticks=st.integers(0, 2**64 - 1)),
+    st.integers(1, 8).flatmap(lambda n: st.builds(
+        InferReply, codes=st.integers(0, 40).flatmap(lambda size: st.tuples(*[st.binary(min_size=size, max_size=size)] * n)),
+        ticks=st.tuples(*[st.integers(0, 2**64 - 1)] * n))),
+    st.builds(Profile, blobs),
+    st.builds(ProfileReply, code=blobs, stage_ticks=st.lists(st.integers(0, 2**64 - 1), max_size=20).map(tuple)),
     st.builds(ErrorReply, code=u16, text=st.text(max_size=100)),
 )
 

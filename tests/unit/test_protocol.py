@@ -16,14 +16,18 @@ from harness.targets.mcu.protocol import (
     InferReply,
     Ping,
     Pong,
+    Profile,
+    ProfileReply,
     TimerKind,
     cobs_decode,
     cobs_encode,
     crc32,
     decode_frame,
     decode_message,
+    decode_uleb128,
     encode_frame,
     encode_message,
+    encode_uleb128,
 )
 
 # Examples from the COBS paper / Wikipedia (delimiter not included).
@@ -129,7 +133,7 @@ HELLO = Hello(
     protocol_version=1, node_id=3, model_hash=bytes.fromhex("0011223344556677"), input_h=14,
     input_w=14, code_len=16, code_bits=4, code_bytes=8, macs=80_000, clock_hz=168_000_000,
     timer_hz=168_000_000, timer_kind=TimerKind.SYSTICK, flash_used=40_000, ram_used=20_000,
-    stack_size=8192, max_input_bytes=4096, board="netduinoplus2",
+    stack_size=8192, max_input_bytes=4096, max_batch=16, dsp_kernels=True, board="netduinoplus2",
 )
 
 
@@ -141,7 +145,12 @@ HELLO = Hello(
         Ping(b"\x00\x01ping"),
         Pong(b""),
         Infer(bytes(196)),
-        InferReply(code=b"\x12\x34", ticks=2**40 + 5),
+        Infer(bytes(range(196)) * 3),
+        InferReply(codes=(b"\x12\x34",), ticks=(2**40 + 5,)),
+        InferReply(codes=(b"\x12\x34", b"\x00\x00", b"\xff\x01"), ticks=(0, 127, 2**64 - 1)),
+        Profile(bytes(196)),
+        ProfileReply(code=b"\x00\x07", stage_ticks=(5, 300_000, 128)),
+        ProfileReply(code=b"", stage_ticks=()),
         ErrorReply(code=4, text="bad length"),
     ],
     ids=lambda m: type(m).__name__,
@@ -152,17 +161,41 @@ def test_message_round_trip(message: object) -> None:
     assert decoded == message
 
 
-def test_hello_payload_is_48_bytes_plus_name() -> None:
-    assert len(HELLO.to_payload()) == 48 + 1 + len("netduinoplus2")
+def test_hello_payload_is_50_bytes_plus_name() -> None:
+    assert len(HELLO.to_payload()) == 50 + 1 + len("netduinoplus2")
 
 
 def test_hello_with_wrong_name_length_is_rejected() -> None:
     payload = bytearray(HELLO.to_payload())
-    payload[48] += 1
+    payload[50] += 1
     with pytest.raises(ProtocolError, match="board name"):
         Hello.from_payload(bytes(payload))
 
 
-def test_infer_reply_too_short_is_rejected() -> None:
-    with pytest.raises(ProtocolError, match="INFER_RESULT"):
-        InferReply.from_payload(b"\x01\x02")
+@pytest.mark.parametrize("payload, match", [
+    (b"", "empty"),
+    (b"\x00", "no samples"),
+    (b"\x02\x05", "truncated LEB128"),
+    (b"\x01\x85", "truncated LEB128"),
+    (b"\x02\x05\x06\x01\x02\x03", "do not split into 2 equal codes"),
+    (b"\x01" + b"\xff" * 10 + b"\x01", "longer than 10 bytes"),
+    (b"\x01\x80\x00\x12", "shortest form"),
+    (b"\x01" + b"\xff" * 9 + b"\x7f\x12", "exceeds a u64"),
+])
+def test_bad_infer_replies_are_rejected(payload: bytes, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        InferReply.from_payload(payload)
+
+
+@pytest.mark.parametrize("value, wire", [(0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"),
+                                         (300, b"\xac\x02"), (2**64 - 1, b"\xff" * 9 + b"\x01")])
+def test_uleb128_matches_the_reference_encoding(value: int, wire: bytes) -> None:
+    assert encode_uleb128(value) == wire
+    assert decode_uleb128(b"\xaa" + wire + b"\xbb", 1) == (value, 1 + len(wire))
+
+
+def test_infer_reply_codes_and_ticks_must_pair() -> None:
+    with pytest.raises(ValueError):
+        InferReply(codes=(b"\x01", b"\x02"), ticks=(1,))
+    with pytest.raises(ValueError):
+        InferReply(codes=(b"\x01", b"\x02\x03"), ticks=(1, 2))

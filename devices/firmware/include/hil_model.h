@@ -22,7 +22,15 @@ typedef struct {
 
 extern const hil_model_info_t hil_model_info;
 
+/* 1 if the DSP kernels were compiled (hil_dsp.h), 0 for the portable ones. */
+extern const uint8_t hil_model_dsp_kernels;
+
 /* input: input_h*input_w uint8 pixels; packed_code: code_bytes bytes; returns 0 on success */
 int hil_model_encode(const uint8_t *input, uint8_t *packed_code);
+
+/* The same encoding, calling mark() after each stage (layer, input load, code packing), in the
+ * order quant_models.codegen.model_stages lists them: the per-layer profile. */
+typedef void (*hil_mark_t)(void);
+int hil_model_encode_marked(const uint8_t *input, uint8_t *packed_code, hil_mark_t mark);
 
 #endif /* HIL_MODEL_H */

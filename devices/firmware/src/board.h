@@ -36,6 +36,8 @@ uint32_t board_clock_hz(void);
 void board_timer_start(void);
 /* Ticks since the last board_timer_start. */
 uint64_t board_timer_read(void);
+/* Stop the counter until the next start (a running SysTick would wake the idle core). */
+void board_timer_stop(void);
 /* Tick rate in Hz. */
 uint32_t board_timer_hz(void);
 /* HIL_TIMER_KIND_SYSTICK or HIL_TIMER_KIND_DWT. */

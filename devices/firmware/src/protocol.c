@@ -186,3 +186,13 @@ uint8_t *hil_put_u64(uint8_t *p, uint64_t v)
 {
     return hil_put_u32(hil_put_u32(p, (uint32_t)v), (uint32_t)(v >> 32));
 }
+
+uint8_t *hil_put_uleb128(uint8_t *p, uint64_t v)
+{
+    do {
+        uint8_t byte = (uint8_t)(v & 0x7Fu);
+        v >>= 7;
+        *p++ = v != 0 ? (uint8_t)(byte | 0x80u) : byte;
+    } while (v != 0);
+    return p;
+}

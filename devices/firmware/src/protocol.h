@@ -10,15 +10,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HIL_PROTOCOL_VERSION 1u
+#define HIL_PROTOCOL_VERSION 2u
 
 /* Message types: requests have bit 7 clear, replies set. */
 #define HIL_MSG_HELLO_REQUEST 0x01u
 #define HIL_MSG_PING          0x02u
 #define HIL_MSG_INFER         0x03u
+#define HIL_MSG_PROFILE       0x04u
 #define HIL_MSG_HELLO         0x81u
 #define HIL_MSG_PONG          0x82u
 #define HIL_MSG_INFER_RESULT  0x83u
+#define HIL_MSG_PROFILE_RESULT 0x84u
 #define HIL_MSG_ERROR         0xFFu
 
 /* ERROR message codes (u16). */
@@ -67,5 +69,7 @@ uint8_t *hil_put_u8(uint8_t *p, uint8_t v);
 uint8_t *hil_put_u16(uint8_t *p, uint16_t v);
 uint8_t *hil_put_u32(uint8_t *p, uint32_t v);
 uint8_t *hil_put_u64(uint8_t *p, uint64_t v);
+/* Unsigned LEB128: 7 bits a byte, low first, high bit set on all but the last (<= 10 bytes). */
+uint8_t *hil_put_uleb128(uint8_t *p, uint64_t v);
 
 #endif /* HIL_PROTOCOL_H */

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from harness.targets.contract import NodeInfo, NodeReply, register_gateway, register_node_target
+from harness.targets.contract import NodeInfo, NodeReply, OneAtATime, register_gateway, register_node_target
 from harness.config.profiles import DeviceProfile
 from harness.core.errors import DeviceError
 from harness.targets.linux.deploy import deploy_linux_target, linux_device
@@ -24,7 +24,7 @@ from quant_models.manifest import node_files
 from quant_models.packing import pack_codes
 
 
-class LinuxNodeTarget:
+class LinuxNodeTarget(OneAtATime):
     """A node encoder on a Linux device, as the run engine's ``NodeTarget``."""
 
     def __init__(self, profile: DeviceProfile, encoder: IntEncoder, target: LinuxTarget) -> None:

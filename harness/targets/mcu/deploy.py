@@ -26,6 +26,7 @@ from harness.targets.mcu.stack_usage import StackEstimate
 from harness.targets.mcu.driver import McuTarget
 from harness.transports.faults import FaultProxy, LinkFaults, active_link_faults, faulty_url
 from quant_models.codegen import generate_model_c
+from quant_models.packing import payload_bytes
 from quant_models.intparams import IntEncoder
 
 Deployer = Callable[[DeviceProfile, FirmwareImage], ContextManager[str]]
@@ -45,7 +46,11 @@ def build_node_firmware(profile: DeviceProfile, encoder: IntEncoder, *, root: Pa
     if board is None:
         raise ConfigError(f"{profile.source}: device {profile.name!r} is not a microcontroller")
     model_c = generate_model_c(encoder)
-    key = hashlib.sha256("\n".join([board.name, str(encoder.node), model_c, firmware_source_digest()]).encode()).hexdigest()
+    batch = profile.transport.max_batch
+    input_bytes = encoder.input_shape[0] * encoder.input_shape[1]
+    code_bytes = payload_bytes(encoder.code_len, encoder.code_bits)
+    key = hashlib.sha256("\n".join([board.name, str(encoder.node), model_c, firmware_source_digest(),
+                                    str(batch)]).encode()).hexdigest()
     out = (root or cache_root() / "firmware") / f"{board.name}-node{encoder.node}-{key[:16]}"
     meta = out / "image.json"  # written last: its presence marks a complete build
     if meta.exists():
@@ -54,7 +59,8 @@ def build_node_firmware(profile: DeviceProfile, encoder: IntEncoder, *, root: Pa
     (out / "model.c").write_text(model_c)
     image = build_firmware(board, [out / "model.c", *KERNEL_SOURCES], out, node_id=encoder.node,
                            model_include_dirs=list(KERNEL_INCLUDE_DIRS),
-                           max_input_bytes=max(64, encoder.input_shape[0] * encoder.input_shape[1]))
+                           max_input_bytes=max(64, batch * input_bytes), max_code_bytes=code_bytes,
+                           max_batch=batch)
     record = asdict(image) | {"timer_kind": image.timer_kind.name, "elf": str(image.elf),
                               "map_file": str(image.map_file)}
     meta.write_text(json.dumps(record))
@@ -145,7 +151,7 @@ def deploy_mcu_node(profile: DeviceProfile, encoder: IntEncoder, *, expected_has
         target = McuTarget(url, name=f"{profile.name}/node{encoder.node}",
                            expected_model_hash=expected_hash or model_hash8(encoder), icount_shift=shift,
                            reply_timeout=profile.transport.reply_timeout_s,
-                           max_retries=profile.transport.max_retries)
+                           max_retries=profile.transport.max_retries, max_batch=profile.transport.max_batch)
         try:
             target.connect()
         except ProtocolError:

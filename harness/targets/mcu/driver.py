@@ -14,6 +14,13 @@ retry's second one (the first may be the debris its delimiter flushed). A link t
 (reset, reconnect) is reopened. Timeouts follow the device: each attempt waits at least
 ``reply_timeout`` and at least ``TIMEOUT_PER_ROUND_TRIP`` times the slowest recent round trip,
 doubling on every retry, so a loaded host does not turn slow replies into failures.
+
+Batches. One INFER frame carries up to ``batch_size`` samples (the device times each on its
+own), so framing, CRC and the round trip are paid once per batch. A batch gets one attempt:
+if it fails, it is split in half and each half sent on its own (a single sample gets every
+retry), and later batches start at the size that last worked, doubling again after
+``GROW_BATCH_AFTER`` clean ones. A long frame on a noisy link thus shrinks to what the link
+carries instead of failing again and again.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TypeVar
+from typing import Sequence, TypeVar
 
 from harness.core.errors import DeviceError, ProtocolError
 from harness.targets.mcu.protocol import (
@@ -35,6 +42,8 @@ from harness.targets.mcu.protocol import (
     InferReply,
     Ping,
     Pong,
+    Profile,
+    ProfileReply,
     TimerKind,
     decode_message,
     encode_message,
@@ -50,9 +59,15 @@ RECENT_ROUND_TRIPS = 16
 FIRST_REQUEST_SEQ = 1  # seq 0 is the device's boot banner, 0xFFFF its "unknown seq"
 LAST_REQUEST_SEQ = 0xFFFE
 RESYNC = b"\x00"  # a bare delimiter ends any partial frame the device holds; it ignores empties
+DEFAULT_MAX_BATCH = 16  # samples per INFER frame, at most (the firmware's HIL_MAX_BATCH caps it too)
+GROW_BATCH_AFTER = 8  # clean batches before a batch shrunk by a failure may double again
 
 
-ReplyT = TypeVar("ReplyT", Hello, Pong, InferReply)
+ReplyT = TypeVar("ReplyT", Hello, Pong, InferReply, ProfileReply)
+
+
+class NoReply(DeviceError):
+    """No valid reply to a request after all its attempts."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,6 +134,21 @@ class InferResult:
     wire_bytes_received: int = 0
 
 
+@dataclass(frozen=True)
+class ProfileResult:
+    """One inference timed stage by stage (see quant_models.codegen.model_stages)."""
+
+    code: bytes
+    stage_ticks: tuple[int, ...]
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` as ``parts`` whole numbers that differ by at most one and sum to it (the first
+    ones get the remainder): a batch's wire bytes shared among its samples."""
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
 @dataclass
 class LinkStats:
     """Running counts for one target's link, framing included."""
@@ -133,6 +163,8 @@ class LinkStats:
     stale_replies: int = 0  # replies to earlier requests, skipped
     late_replies: int = 0  # replies to an earlier attempt of the request, accepted
     reconnects: int = 0  # the link broke and was reopened
+    batches: int = 0  # INFER frames answered
+    batch_splits: int = 0  # batches split in half after a failed attempt
 
 
 class McuTarget:
@@ -148,6 +180,7 @@ class McuTarget:
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT_SECONDS,
         banner_timeout: float = DEFAULT_BANNER_TIMEOUT_SECONDS,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        max_batch: int = DEFAULT_MAX_BATCH,
         transport: Transport | None = None,
     ) -> None:
         """``icount_shift``: the QEMU -icount shift for an emulated board, None for a real one.
@@ -162,6 +195,9 @@ class McuTarget:
         self.reply_timeout = reply_timeout
         self.banner_timeout = banner_timeout
         self.max_retries = max_retries
+        self.max_batch = max(1, max_batch)
+        self._batch = self.max_batch
+        self._clean_batches = 0
         self._transport = transport if transport is not None else TRANSPORTS.create(url)
         self._hello: Hello | None = None
         self._next_seq = FIRST_REQUEST_SEQ
@@ -262,31 +298,87 @@ class McuTarget:
             raise DeviceError(f"device {self.name} ({self.url}) echoed {pong.data!r} to PING {data!r}")
         return elapsed
 
+    @property
+    def batch_size(self) -> int:
+        """Most samples one INFER frame carries: the host's limit, the firmware's, and what its
+        receive buffer holds."""
+        hello = self.hello
+        return max(1, min(self.max_batch, hello.max_batch, hello.max_input_bytes // hello.input_bytes))
+
     def infer(self, input: bytes) -> InferResult:
         """Run the node encoder on ``input``: packed code bytes and device timer ticks."""
+        return self.infer_batch([input])[0]
+
+    def infer_batch(self, inputs: Sequence[bytes]) -> list[InferResult]:
+        """Run the node encoder on every input, in frames of up to :attr:`batch_size` samples;
+        one result per input, in order."""
         hello = self.hello
-        if len(input) != hello.input_bytes:
-            raise DeviceError(
-                f"input of {len(input)} bytes for device {self.name}, whose model takes "
-                f"{hello.input_h}x{hello.input_w} = {hello.input_bytes} bytes"
-            )
+        for input in inputs:
+            if len(input) != hello.input_bytes:
+                raise DeviceError(
+                    f"input of {len(input)} bytes for device {self.name}, whose model takes "
+                    f"{hello.input_h}x{hello.input_w} = {hello.input_bytes} bytes"
+                )
+        results: list[InferResult] = []
+        while len(results) < len(inputs):
+            size = min(self._batch, self.batch_size)
+            chunk = [bytes(x) for x in inputs[len(results) : len(results) + size]]
+            results += self._infer_chunk(chunk, [0] * len(chunk), [0] * len(chunk), 0)
+        return results
+
+    def _infer_chunk(self, chunk: list[bytes], carried_sent: list[int], carried_received: list[int],
+                     tries: int) -> list[InferResult]:
+        """One frame for ``chunk``; split in half if it fails (a lone sample gets every retry).
+        ``carried_*``: each sample's share of the bytes its failed larger frames cost; ``tries``:
+        attempts those frames made."""
+        hello = self.hello
         sent, received = self._transport.bytes_sent, self._transport.bytes_received
         start = time.monotonic()
-        reply, attempts = self._exchange(Infer(bytes(input)), InferReply)
+        try:
+            reply, attempts = self._exchange(Infer(b"".join(chunk)), InferReply, units=len(chunk),
+                                             attempts=None if len(chunk) == 1 else 1)
+        except NoReply:
+            if len(chunk) == 1:
+                raise
+            self._stats.batch_splits += 1
+            half = len(chunk) // 2
+            self._batch, self._clean_batches = half, 0
+            lost_sent = [c + s for c, s in zip(carried_sent, split_evenly(self._transport.bytes_sent - sent, len(chunk)))]
+            lost_received = [c + r for c, r in zip(carried_received,
+                                                   split_evenly(self._transport.bytes_received - received, len(chunk)))]
+            return (self._infer_chunk(chunk[:half], lost_sent[:half], lost_received[:half], tries + 1)
+                    + self._infer_chunk(chunk[half:], lost_sent[half:], lost_received[half:], tries + 1))
         elapsed = time.monotonic() - start
-        if len(reply.code) != hello.code_bytes:
+        if len(reply.codes) != len(chunk) or any(len(code) != hello.code_bytes for code in reply.codes):
             raise ProtocolError(
-                f"device {self.name} ({self.url}) returned {len(reply.code)} code bytes, "
-                f"its HELLO says {hello.code_bytes}"
+                f"device {self.name} ({self.url}) returned {len(reply.codes)} codes of "
+                f"{len(reply.codes[0]) if reply.codes else 0} bytes for {len(chunk)} inputs; its HELLO "
+                f"says {hello.code_bytes} bytes each"
             )
-        return InferResult(
-            code=reply.code,
-            ticks=reply.ticks,
-            attempts=attempts,
-            round_trip_seconds=elapsed,
-            wire_bytes_sent=self._transport.bytes_sent - sent,
-            wire_bytes_received=self._transport.bytes_received - received,
-        )
+        self._stats.batches += 1
+        self._clean_batches += 1
+        if self._clean_batches >= GROW_BATCH_AFTER and self._batch < self.max_batch:
+            self._batch, self._clean_batches = min(self.max_batch, self._batch * 2), 0
+        shares_sent = split_evenly(self._transport.bytes_sent - sent, len(chunk))
+        shares_received = split_evenly(self._transport.bytes_received - received, len(chunk))
+        return [
+            InferResult(code=code, ticks=ticks, attempts=tries + attempts, round_trip_seconds=elapsed / len(chunk),
+                        wire_bytes_sent=carried_sent[i] + shares_sent[i],
+                        wire_bytes_received=carried_received[i] + shares_received[i])
+            for i, (code, ticks) in enumerate(zip(reply.codes, reply.ticks))
+        ]
+
+    def profile(self, input: bytes) -> ProfileResult:
+        """One inference on ``input`` timed stage by stage: the code and each stage's ticks."""
+        hello = self.hello
+        if len(input) != hello.input_bytes:
+            raise DeviceError(f"input of {len(input)} bytes for device {self.name}, whose model takes "
+                              f"{hello.input_bytes} bytes")
+        reply, _ = self._exchange(Profile(bytes(input)), ProfileReply)
+        if len(reply.code) != hello.code_bytes:
+            raise ProtocolError(f"device {self.name} ({self.url}) returned a {len(reply.code)}-byte code to "
+                                f"PROFILE; its HELLO says {hello.code_bytes}")
+        return ProfileResult(code=reply.code, stage_ticks=reply.stage_ticks)
 
     def work(self, ticks: int) -> DeviceWork:
         """``ticks`` from this device as instructions (emulated) or cycles and time (real)."""
@@ -301,15 +393,18 @@ class McuTarget:
         self._next_seq = FIRST_REQUEST_SEQ if seq >= LAST_REQUEST_SEQ else seq + 1
         return seq
 
-    def attempt_timeout(self, attempt: int) -> float:
-        """How long attempt ``attempt`` (1 = first) of a request waits for its reply."""
-        floor = max(self.reply_timeout, TIMEOUT_PER_ROUND_TRIP * max(self._round_trips, default=0.0))
+    def attempt_timeout(self, attempt: int, units: int = 1) -> float:
+        """How long attempt ``attempt`` (1 = first) of a request for ``units`` samples waits for
+        its reply (recent round trips are kept per sample)."""
+        floor = max(self.reply_timeout, TIMEOUT_PER_ROUND_TRIP * units * max(self._round_trips, default=0.0))
         return min(floor * 2 ** (attempt - 1), max(MAX_REPLY_TIMEOUT_SECONDS, self.reply_timeout))
 
-    def _exchange(self, request: AnyMessage, reply_type: type[ReplyT]) -> tuple[ReplyT, int]:
-        """Send ``request`` until a valid reply to any of its attempts arrives; (reply, attempts)."""
+    def _exchange(self, request: AnyMessage, reply_type: type[ReplyT], units: int = 1,
+                  attempts: int | None = None) -> tuple[ReplyT, int]:
+        """Send ``request`` (for ``units`` samples) until a valid reply to any of its attempts
+        arrives, at most ``attempts`` times (default: 1 + max_retries); (reply, attempts)."""
         self._stats.requests += 1
-        attempts = self.max_retries + 1
+        attempts = attempts if attempts is not None else self.max_retries + 1
         seqs: list[int] = []
         started = time.monotonic()
         for attempt in range(1, attempts + 1):
@@ -321,12 +416,12 @@ class McuTarget:
                 wire = RESYNC + wire
             if not self._send(wire):
                 continue
-            reply = self._await_reply(seqs, request, reply_type, self.attempt_timeout(attempt))
+            reply = self._await_reply(seqs, request, reply_type, self.attempt_timeout(attempt, units))
             if reply is not None:
-                self._round_trips.append(time.monotonic() - started)
+                self._round_trips.append((time.monotonic() - started) / units)
                 return reply, attempt
         stats = self._stats
-        raise DeviceError(
+        raise NoReply(
             f"device {self.name} ({self.url}): no valid reply to {request.TYPE.name} after "
             f"{attempts} attempts (timeouts {stats.timeouts}, bad frames {stats.bad_frames}, "
             f"damaged requests {stats.damaged_requests}, reconnects {stats.reconnects} so far on "

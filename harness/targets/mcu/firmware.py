@@ -26,6 +26,8 @@ from harness.targets.mcu.stack_usage import StackEstimate, estimate_stack, load_
 TOOLCHAIN_PREFIX = "arm-none-eabi-"
 DEFAULT_STACK_BYTES = 8 * 1024
 DEFAULT_MAX_INPUT_BYTES = 4096  # receive buffer for INFER inputs (HIL_MAX_INPUT_BYTES)
+DEFAULT_MAX_CODE_BYTES = 256  # one sample's packed code (HIL_MAX_CODE_BYTES)
+DEFAULT_MAX_BATCH = 16  # samples per INFER frame (HIL_MAX_BATCH)
 
 COMPILE_FLAGS = (
     "-O2",
@@ -131,6 +133,8 @@ def build_firmware(
     node_id: int = 0,
     stack_bytes: int = DEFAULT_STACK_BYTES,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+    max_code_bytes: int = DEFAULT_MAX_CODE_BYTES,
+    max_batch: int = DEFAULT_MAX_BATCH,
     timer_kind: TimerKind | None = None,
     model_include_dirs: Sequence[Path] = (),
     extra_cflags: Sequence[str] = (),
@@ -138,7 +142,9 @@ def build_firmware(
     """Compile and link ``fw.elf`` for ``board`` with the given model C file(s) into ``out_dir``.
 
     ``max_input_bytes`` sizes the firmware's receive buffer (the model's input_h * input_w must
-    fit). ``timer_kind`` overrides the board's timer (e.g. DWT on real hardware that is normally
+    fit; a batch of inputs must fit to travel in one frame), ``max_code_bytes`` one sample's code
+    and ``max_batch`` the samples one INFER frame may carry (the reply buffer holds that many
+    codes). ``timer_kind`` overrides the board's timer (e.g. DWT on real hardware that is normally
     emulated). Raises BuildError if the toolchain is missing, a source does not compile, or the
     image does not fit the board's flash or RAM.
     """
@@ -146,6 +152,8 @@ def build_firmware(
     timer = board.timer_kind if timer_kind is None else timer_kind
     if not 0 <= node_id <= 0xFF:
         raise BuildError(f"node id {node_id} does not fit the HELLO message's byte")
+    if not 1 <= max_batch <= 0xFF:
+        raise BuildError(f"max_batch {max_batch} is not 1..255 (the HELLO message's byte)")
     model_sources = [Path(p).resolve() for p in model_sources]
     for source in model_sources:
         if not source.is_file():
@@ -162,6 +170,8 @@ def build_firmware(
         TIMER_DEFINES[timer],
         f"-DHIL_NODE_ID={node_id}",
         f"-DHIL_MAX_INPUT_BYTES={max_input_bytes}",
+        f"-DHIL_MAX_CODE_BYTES={max_code_bytes}",
+        f"-DHIL_MAX_BATCH={max_batch}",
         f"-I{FIRMWARE_INCLUDE}",
         f"-I{FIRMWARE_SRC}",
         *(f"-I{Path(d).resolve()}" for d in model_include_dirs),

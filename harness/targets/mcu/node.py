@@ -1,6 +1,7 @@
 """A microcontroller node in the run engine's node role: deploy the firmware for one node's
-encoder (profile kind ``mcu``), then encode views over the frame protocol, with the latency in
-emulated instructions or real microseconds and its basis."""
+encoder (profile kind ``mcu``), then encode views over the frame protocol in batches, with the
+latency in emulated instructions or real microseconds and its basis, and once per deployment the
+per-layer profile (each stage's instructions or cycles, MACs and their ratio)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -13,7 +14,10 @@ import numpy as np
 from harness.config.profiles import DeviceProfile
 from harness.targets.contract import (EMULATED_MCU_BASIS, REAL_MCU_BASIS, NodeInfo, NodeReply, NodeTarget,
                                       register_node_target)
+from harness.core.errors import ProtocolError
 from harness.targets.mcu.deploy import DeployedMcuNode, deploy_mcu_node
+from harness.targets.mcu.driver import InferResult
+from quant_models.codegen import model_stages
 from quant_models.intparams import IntEncoder
 
 
@@ -30,7 +34,10 @@ class McuNodeTarget:
                                     "clock_hz": hello.clock_hz, "timer_hz": hello.timer_hz,
                                     "timer": hello.timer_kind.name, "model_hash": hello.model_hash.hex(),
                                     "protocol_version": hello.protocol_version,
-                                    "stack_bounded": fw.stack.bounded})
+                                    "stack_bounded": fw.stack.bounded,
+                                    "kernels": "dsp" if hello.dsp_kernels else "portable"})
+        self.batch_size = deployed.target.batch_size
+        self._profiled = False
 
     def link_report(self) -> dict[str, Any]:
         """Link counters of this deployment, and the faults injected on it if any."""
@@ -43,7 +50,33 @@ class McuNodeTarget:
         return report
 
     def infer(self, view: np.ndarray) -> NodeReply:
-        result = self.deployed.target.infer(view.tobytes())
+        return self.infer_batch(view[None])[0]
+
+    def infer_batch(self, views: np.ndarray) -> list[NodeReply]:
+        if not self._profiled:
+            self.info.extra["layers"] = self.layer_profile(views[0])
+            self._profiled = True
+        results = self.deployed.target.infer_batch([v.tobytes() for v in views])
+        return [self._reply(result) for result in results]
+
+    def layer_profile(self, view: np.ndarray) -> list[dict[str, Any]]:
+        """One inference on ``view`` timed stage by stage: per stage its name, MACs, device count
+        (instructions emulated, cycles on a board) and count per MAC."""
+        target = self.deployed.target
+        result = target.profile(view.tobytes())
+        stages = model_stages(self.encoder, target.hello.dsp_kernels)
+        if len(stages) != len(result.stage_ticks):
+            raise ProtocolError(
+                f"device {target.name}: the firmware timed {len(result.stage_ticks)} stages, the host expects "
+                f"{len(stages)} ({', '.join(s.name for s in stages)}); rebuild the firmware")
+        layers = []
+        for stage, ticks in zip(stages, result.stage_ticks):
+            work = target.work(ticks)
+            layers.append({"stage": stage.name, "macs": stage.macs, "count": work.count, "unit": work.unit,
+                           "per_mac": work.count / stage.macs if stage.macs else None})
+        return layers
+
+    def _reply(self, result: InferResult) -> NodeReply:
         work = self.deployed.target.work(result.ticks)
         if work.microseconds is None:  # emulated: virtual time is no board's time
             latency, unit, basis = work.count, "instructions", EMULATED_MCU_BASIS

@@ -21,7 +21,7 @@ from typing import ClassVar, Union
 
 from harness.core.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: batched INFER, PROFILE, HELLO's max_batch and kernels
 FRAME_DELIMITER = b"\x00"
 HEADER_BYTES = 3  # type u8 + seq u16
 CRC_BYTES = 4
@@ -36,9 +36,11 @@ class MessageType(enum.IntEnum):
     HELLO_REQUEST = 0x01
     PING = 0x02
     INFER = 0x03
+    PROFILE = 0x04
     HELLO = 0x81
     PONG = 0x82
     INFER_RESULT = 0x83
+    PROFILE_RESULT = 0x84
     ERROR = 0xFF
 
 
@@ -182,7 +184,7 @@ class HelloRequest:
         return cls()
 
 
-_HELLO_FIXED = struct.Struct("<BB8sHHHBHIIIBIIII")  # 48 bytes, then u8 name length + name
+_HELLO_FIXED = struct.Struct("<BB8sHHHBHIIIBIIIIBB")  # 50 bytes, then u8 name length + name
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,9 @@ class Hello:
     flash_used: int  # bytes of flash the image occupies (text + rodata + data load image)
     ram_used: int  # bytes of RAM: data + bss + reserved stack
     stack_size: int  # reserved stack bytes
-    max_input_bytes: int  # largest INFER input the firmware's receive buffer holds
+    max_input_bytes: int  # largest INFER payload the firmware's receive buffer holds
+    max_batch: int  # most samples one INFER frame may carry
+    dsp_kernels: bool  # the model runs the DSP kernels (else the portable ones)
     board: str
 
     @property
@@ -220,7 +224,7 @@ class Hello:
                 self.protocol_version, self.node_id, self.model_hash, self.input_h, self.input_w,
                 self.code_len, self.code_bits, self.code_bytes, self.macs, self.clock_hz,
                 self.timer_hz, int(self.timer_kind), self.flash_used, self.ram_used,
-                self.stack_size, self.max_input_bytes,
+                self.stack_size, self.max_input_bytes, self.max_batch, int(self.dsp_kernels),
             )
             + bytes([len(name)])
             + name
@@ -245,7 +249,8 @@ class Hello:
             input_h=fields[3], input_w=fields[4], code_len=fields[5], code_bits=fields[6],
             code_bytes=fields[7], macs=fields[8], clock_hz=fields[9], timer_hz=fields[10],
             timer_kind=timer_kind, flash_used=fields[12], ram_used=fields[13],
-            stack_size=fields[14], max_input_bytes=fields[15], board=board,
+            stack_size=fields[14], max_input_bytes=fields[15], max_batch=fields[16],
+            dsp_kernels=bool(fields[17]), board=board,
         )
 
 
@@ -281,7 +286,8 @@ class Pong:
 
 @dataclass(frozen=True)
 class Infer:
-    """Run the node encoder once on ``input`` (input_h * input_w uint8 pixels)."""
+    """Run the node encoder on one or more inputs (each input_h * input_w uint8 pixels), back to
+    back in ``input``; the device splits them by its model's input size."""
 
     TYPE: ClassVar[MessageType] = MessageType.INFER
     input: bytes
@@ -294,26 +300,112 @@ class Infer:
         return cls(payload)
 
 
-_TICKS = struct.Struct("<Q")
+@dataclass(frozen=True)
+class Profile(Infer):
+    """Run the node encoder once on ``input`` and time every stage (the per-layer profile)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PROFILE
+
+
+MAX_ULEB128_BYTES = 10  # a u64
+
+
+def encode_uleb128(value: int) -> bytes:
+    """Unsigned LEB128: 7 bits a byte, least significant first, high bit on all but the last."""
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"{value} is not a u64")
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def decode_uleb128(data: bytes, offset: int) -> tuple[int, int]:
+    """(value, next offset) of the ULEB128 number at ``offset``; ProtocolError if it is truncated,
+    longer than a u64 takes, or not in its shortest form."""
+    value = 0
+    for i in range(MAX_ULEB128_BYTES):
+        if offset + i >= len(data):
+            raise ProtocolError(f"truncated LEB128 number at offset {offset}")
+        byte = data[offset + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            if i and byte == 0:
+                raise ProtocolError(f"LEB128 number at offset {offset} is not in its shortest form")
+            if value >= 1 << 64:
+                raise ProtocolError(f"LEB128 number at offset {offset} exceeds a u64")
+            return value, offset + i + 1
+    raise ProtocolError(f"LEB128 number at offset {offset} is longer than {MAX_ULEB128_BYTES} bytes")
+
+
+def _counted_ticks(name: str, payload: bytes) -> tuple[tuple[int, ...], int]:
+    """A reply's count byte and that many ULEB128 tick counts: (ticks, offset after them)."""
+    if not payload:
+        raise ProtocolError(f"bad {name} payload: empty")
+    count, offset = payload[0], 1
+    ticks = []
+    for _ in range(count):
+        value, offset = decode_uleb128(payload, offset)
+        ticks.append(value)
+    return tuple(ticks), offset
+
+
+def _counted_ticks_payload(ticks: tuple[int, ...]) -> bytes:
+    if len(ticks) > 0xFF:
+        raise ValueError(f"{len(ticks)} tick counts do not fit the count byte")
+    return bytes([len(ticks)]) + b"".join(encode_uleb128(t) for t in ticks)
 
 
 @dataclass(frozen=True)
 class InferReply:
-    """The packed code and the device timer ticks spent in ``hil_model_encode``."""
+    """Every sample's packed code and the device timer ticks its ``hil_model_encode`` took.
+
+    Payload: count (u8) | count ULEB128 tick counts | count codes of equal length."""
 
     TYPE: ClassVar[MessageType] = MessageType.INFER_RESULT
-    code: bytes
-    ticks: int
+    codes: tuple[bytes, ...]
+    ticks: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.codes) != len(self.ticks) or len({len(c) for c in self.codes}) > 1:
+            raise ValueError("an INFER_RESULT has one tick count per code and codes of one length")
 
     def to_payload(self) -> bytes:
-        return _TICKS.pack(self.ticks) + self.code
+        return _counted_ticks_payload(self.ticks) + b"".join(self.codes)
 
     @classmethod
     def from_payload(cls, payload: bytes) -> "InferReply":
-        if len(payload) < _TICKS.size:
-            raise ProtocolError(f"bad INFER_RESULT payload: {len(payload)} bytes, need at least {_TICKS.size}")
-        (ticks,) = _TICKS.unpack_from(payload)
-        return cls(code=payload[_TICKS.size :], ticks=ticks)
+        ticks, offset = _counted_ticks("INFER_RESULT", payload)
+        if not ticks:
+            raise ProtocolError("bad INFER_RESULT payload: no samples")
+        size, rest = divmod(len(payload) - offset, len(ticks))
+        if rest:
+            raise ProtocolError(f"bad INFER_RESULT payload: {len(payload) - offset} code bytes do not split into "
+                                f"{len(ticks)} equal codes")
+        codes = tuple(payload[offset + i * size : offset + (i + 1) * size] for i in range(len(ticks)))
+        return cls(codes=codes, ticks=ticks)
+
+
+@dataclass(frozen=True)
+class ProfileReply:
+    """The packed code and the device timer ticks of each stage, in the order the firmware marks
+    them (``quant_models.codegen.model_stages``).
+
+    Payload: count (u8) | count ULEB128 tick counts | the code."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PROFILE_RESULT
+    code: bytes
+    stage_ticks: tuple[int, ...]
+
+    def to_payload(self) -> bytes:
+        return _counted_ticks_payload(self.stage_ticks) + self.code
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> "ProfileReply":
+        ticks, offset = _counted_ticks("PROFILE_RESULT", payload)
+        return cls(code=payload[offset:], stage_ticks=ticks)
 
 
 @dataclass(frozen=True)
@@ -335,10 +427,10 @@ class ErrorReply:
         return cls(code=code, text=payload[2:].decode("utf-8", errors="replace"))
 
 
-AnyMessage = Union[HelloRequest, Hello, Ping, Pong, Infer, InferReply, ErrorReply]
+AnyMessage = Union[HelloRequest, Hello, Ping, Pong, Infer, InferReply, Profile, ProfileReply, ErrorReply]
 
 MESSAGE_CLASSES: dict[MessageType, type[AnyMessage]] = {
-    cls.TYPE: cls for cls in (HelloRequest, Hello, Ping, Pong, Infer, InferReply, ErrorReply)
+    cls.TYPE: cls for cls in (HelloRequest, Hello, Ping, Pong, Infer, InferReply, Profile, ProfileReply, ErrorReply)
 }
 
 

@@ -7,6 +7,7 @@
 #include "drivers/cmsdk_uart.h"
 
 #define UART0_BASE        0x40004000u
+#define UART0_RX_IRQ      0u            /* AN386 interrupt map: UART0 receive */
 #define TIMER0_VALUE      0x40000004u   /* CMSDK timer 0 current value; read as a wake-up */
 #define CLOCK_HZ          25000000u
 #define BAUD              115200u
@@ -23,7 +24,7 @@ void board_uart_putc(uint8_t byte)
 
 uint8_t board_uart_getc(void)
 {
-    return cmsdk_uart_getc(UART0_BASE, TIMER0_VALUE);
+    return cmsdk_uart_getc(UART0_BASE, UART0_RX_IRQ, TIMER0_VALUE);
 }
 
 #ifndef MPS2_BOARD_NAME

@@ -9,6 +9,7 @@
 #include "drivers/stm32_usart.h"
 
 #define USART1_BASE    0x40011000u
+#define USART1_IRQ     37u            /* RM0090 table 61 */
 #define RCC_APB2ENR    (*(volatile uint32_t *)0x40023844u)
 #define RCC_APB2ENR_USART1EN (1u << 4)
 #define CLOCK_HZ       168000000u
@@ -28,7 +29,7 @@ void board_uart_putc(uint8_t byte)
 
 uint8_t board_uart_getc(void)
 {
-    return stm32_usart_getc(USART1_BASE);
+    return stm32_usart_getc(USART1_BASE, USART1_IRQ);
 }
 
 const char *board_name(void)

@@ -9,6 +9,7 @@
 #include "drivers/stm32_usart.h"
 
 #define USART2_BASE   0x40004400u
+#define USART2_IRQ    38u   /* RM0390 table 38 */
 #define RCC_AHB1ENR   (*(volatile uint32_t *)0x40023830u)
 #define RCC_APB1ENR   (*(volatile uint32_t *)0x40023840u)
 #define GPIOA_MODER   (*(volatile uint32_t *)0x40020000u)
@@ -36,7 +37,7 @@ void board_uart_putc(uint8_t byte)
 
 uint8_t board_uart_getc(void)
 {
-    return stm32_usart_getc(USART2_BASE);
+    return stm32_usart_getc(USART2_BASE, USART2_IRQ);
 }
 
 const char *board_name(void)

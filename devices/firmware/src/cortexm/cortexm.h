@@ -6,6 +6,34 @@
 
 #define HIL_REG32(addr) (*(volatile uint32_t *)(addr))
 
+/* NVIC: set-enable, clear-enable and clear-pending registers, 32 interrupts per word. */
+#define NVIC_ISER(word) HIL_REG32(0xE000E100u + 4u * (word))
+#define NVIC_ICER(word) HIL_REG32(0xE000E180u + 4u * (word))
+#define NVIC_ICPR(word) HIL_REG32(0xE000E280u + 4u * (word))
+
+/*
+ * Sleep (WFI) until (*status & mask) != 0, woken by device interrupt `irq`, which is never
+ * taken: PRIMASK is set while waiting and the interrupt is enabled in the NVIC only then. An
+ * interrupt that would be taken but for PRIMASK still wakes WFI (ARMv7-M ARM B1.5.19), so no
+ * handler or vector is needed. A polled wait keeps an emulator's host thread at 100%; this one
+ * lets it idle between requests, and a real core too.
+ */
+static inline void hil_sleep_until(unsigned irq, volatile uint32_t *status, uint32_t mask)
+{
+    const uint32_t bit = 1u << (irq & 31u);
+    const unsigned word = irq >> 5;
+    __asm volatile("cpsid i" ::: "memory");
+    NVIC_ICPR(word) = bit;
+    NVIC_ISER(word) = bit;
+    while ((*status & mask) == 0u) {
+        __asm volatile("wfi" ::: "memory");
+        NVIC_ICPR(word) = bit;   /* a level that is still high pends again */
+    }
+    NVIC_ICER(word) = bit;
+    NVIC_ICPR(word) = bit;
+    __asm volatile("cpsie i" ::: "memory");
+}
+
 /* System control block */
 #define SCB_ICSR    HIL_REG32(0xE000ED04u)   /* interrupt control and state */
 #define SCB_ICSR_PENDSTCLR (1u << 25)         /* clear a pending SysTick exception */

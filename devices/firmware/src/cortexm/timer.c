@@ -33,6 +33,10 @@ uint64_t board_timer_read(void)
     return DWT_CYCCNT;
 }
 
+void board_timer_stop(void)
+{
+}
+
 uint8_t board_timer_kind(void)
 {
     return HIL_TIMER_KIND_DWT;
@@ -74,6 +78,12 @@ uint64_t board_timer_read(void)
         value = SYST_CVR;
     } while (wraps != systick_wraps);
     return (uint64_t)wraps * SYSTICK_PERIOD + (SYSTICK_PERIOD - 1u - value);
+}
+
+void board_timer_stop(void)
+{
+    SYST_CSR = 0;
+    SCB_ICSR = SCB_ICSR_PENDSTCLR;
 }
 
 uint8_t board_timer_kind(void)
