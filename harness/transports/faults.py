@@ -13,19 +13,27 @@ A spec is ``kind=value`` pairs separated by commas:
 Faults are applied to bytes in both directions, so every part of the protocol is exercised:
 COBS, delimiters, CRCs, sequence numbers, retries, reconnects. Counts by kind are kept per
 proxy and reported with the run.
+
+Two proxies: a TCP proxy for ``socket://`` links (emulators, ser2net), and a pseudo-terminal for
+serial links (``/dev/ttyACM0``, ``rfc2217://``, any pyserial URL): the harness opens the pty's
+path as if it were the port. A serial line cannot be cut and reopened, so ``reset`` needs a
+``socket://`` link.
 """
 from __future__ import annotations
 
+import os
 import random
+import select
 import socket
 from contextvars import ContextVar
 import threading
 import time
+import tty
 from dataclasses import dataclass, field, fields
-from typing import Iterator
+from typing import Any, Iterator
 from contextlib import contextmanager
 
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, DeviceError
 
 STALL_SECONDS = (0.05, 0.25)
 _ACTIVE: ContextVar["LinkFaults | None"] = ContextVar("hilbench_link_faults", default=None)
@@ -156,19 +164,50 @@ class FaultInjector:
         return True
 
 
-class FaultProxy:
-    """A TCP proxy on 127.0.0.1 in front of ``host:port`` that injects :class:`LinkFaults`.
+class LinkFaultProxy:
+    """One injector per direction, so faults stay reproducible for a seed, and their counts."""
 
-    It accepts a new connection after each reset (the harness reconnects), and keeps one
-    injector per direction so faults stay reproducible for a seed.
-    """
+    @property
+    def url(self) -> str:
+        """What the harness opens instead of the device's own URL."""
+        raise NotImplementedError
 
-    def __init__(self, host: str, port: int, faults: LinkFaults, stream: int = 0) -> None:
-        self.upstream = (host, port)
+    def __init__(self, faults: LinkFaults, stream: int) -> None:
         self.faults = faults
         self.to_device = FaultInjector(faults, 2 * stream)
         self.to_host = FaultInjector(faults, 2 * stream + 1)
         self._lock = threading.Lock()
+
+    def counts(self) -> FaultCounts:
+        total = FaultCounts()
+        with self._lock:
+            total.add(self.to_device.counts)
+            total.add(self.to_host.counts)
+        return total
+
+    def report(self) -> dict[str, Any]:
+        """What a run records of this proxy: the faults asked for, those injected, bytes carried."""
+        counts = self.counts()
+        return {"link_faults": self.faults.spec(), "faults_injected": counts.injected(), "proxied_bytes": counts.bytes}
+
+    def _inject(self, injector: FaultInjector, chunk: bytes) -> tuple[float, bytes, bool]:
+        """(seconds to hold the chunk back, the chunk as damaged, whether to cut the link now)."""
+        with self._lock:
+            return injector.stall_seconds(), injector.damage(chunk), injector.reset_due(len(chunk))
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class FaultProxy(LinkFaultProxy):
+    """A TCP proxy on 127.0.0.1 in front of ``host:port`` that injects :class:`LinkFaults`.
+
+    It accepts a new connection after each reset (the harness reconnects).
+    """
+
+    def __init__(self, host: str, port: int, faults: LinkFaults, stream: int = 0) -> None:
+        super().__init__(faults, stream)
+        self.upstream = (host, port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = threading.Event()
@@ -179,13 +218,6 @@ class FaultProxy:
     @property
     def url(self) -> str:
         return f"socket://127.0.0.1:{self.port}"
-
-    def counts(self) -> FaultCounts:
-        total = FaultCounts()
-        with self._lock:
-            total.add(self.to_device.counts)
-            total.add(self.to_host.counts)
-        return total
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -207,10 +239,7 @@ class FaultProxy:
     def _pump(self, source: socket.socket, sink: socket.socket, injector: FaultInjector, cut: threading.Event) -> None:
         try:
             while not cut.is_set() and (chunk := source.recv(4096)):
-                with self._lock:
-                    pause = injector.stall_seconds()
-                    damaged = injector.damage(chunk)
-                    reset = injector.reset_due(len(chunk))
+                pause, damaged, reset = self._inject(injector, chunk)
                 if pause:
                     time.sleep(pause)
                 if damaged:
@@ -241,6 +270,80 @@ class FaultProxy:
         self._acceptor.join(timeout=2)
 
 
+class SerialFaultProxy(LinkFaultProxy):
+    """A pseudo-terminal in front of a serial link (``/dev/ttyACM0``, ``rfc2217://``, any pyserial
+    URL) that injects :class:`LinkFaults`; the harness opens :attr:`url`, the pty's path."""
+
+    POLL_SECONDS = 0.05
+
+    def __init__(self, url: str, faults: LinkFaults, stream: int = 0, baudrate: int = 115200) -> None:
+        import serial
+
+        if faults.reset:
+            raise ConfigError(f"--link-faults: reset={faults.reset} cuts a connection, which a serial line "
+                              f"({url}) does not have; use reset only on socket:// links")
+        super().__init__(faults, stream)
+        try:
+            self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=self.POLL_SECONDS)
+        except (serial.SerialException, ValueError, OSError) as exc:
+            raise DeviceError(f"--link-faults: cannot open the serial link {url}: {exc}") from exc
+        # The proxy keeps the slave end open too, so the master never reads EIO while the harness
+        # closes and reopens the port.
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.path = os.ttyname(self._slave)
+        self._closed = threading.Event()
+        self._pumps = [threading.Thread(target=self._pump_to_device, daemon=True, name=f"faults:{url}>"),
+                       threading.Thread(target=self._pump_to_host, daemon=True, name=f"faults:{url}<")]
+        for pump in self._pumps:
+            pump.start()
+
+    @property
+    def url(self) -> str:
+        return self.path
+
+    def _pump_to_device(self) -> None:
+        while not self._closed.is_set():
+            ready, _, _ = select.select([self._master], [], [], self.POLL_SECONDS)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self._master, 4096)
+            except OSError:
+                return
+            pause, damaged, _ = self._inject(self.to_device, chunk)
+            if pause:
+                time.sleep(pause)
+            if damaged:
+                self._port.write(damaged)
+
+    def _pump_to_host(self) -> None:
+        while not self._closed.is_set():
+            try:
+                chunk = self._port.read(max(1, self._port.in_waiting))
+            except Exception:  # the port went away (pyserial raises several kinds): the link is dead
+                return
+            if not chunk:
+                continue
+            pause, damaged, _ = self._inject(self.to_host, chunk)
+            if pause:
+                time.sleep(pause)
+            view = memoryview(damaged)
+            while view:
+                try:
+                    view = view[os.write(self._master, view):]
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self._closed.set()
+        for pump in self._pumps:
+            pump.join(timeout=2)
+        self._port.close()
+        for fd in (self._master, self._slave):
+            os.close(fd)
+
+
 @contextmanager
 def fault_proxy(host: str, port: int, faults: LinkFaults | None, stream: int = 0) -> Iterator[FaultProxy | None]:
     """A fault proxy in front of ``host:port`` while inside, or None when ``faults`` are off."""
@@ -255,14 +358,19 @@ def fault_proxy(host: str, port: int, faults: LinkFaults | None, stream: int = 0
 
 
 @contextmanager
-def faulty_url(url: str, faults: LinkFaults | None, stream: int = 0) -> Iterator[tuple[str, FaultProxy | None]]:
-    """``url`` behind a fault proxy when ``faults`` are active (socket:// URLs), else ``url``."""
+def faulty_url(url: str, faults: LinkFaults | None, stream: int = 0) -> Iterator[tuple[str, LinkFaultProxy | None]]:
+    """``url`` behind a fault proxy when ``faults`` are active, else ``url``: a TCP proxy for
+    ``socket://`` links, a pseudo-terminal for serial ones."""
     if faults is None or not faults.active:
         yield url, None
         return
     if not url.startswith("socket://"):
-        raise ConfigError(f"--link-faults: the fault proxy works on socket:// links; {url} is not one "
-                          "(put the device behind ser2net / rfc2217 to test a serial line)")
+        serial_proxy = SerialFaultProxy(url, faults, stream)
+        try:
+            yield serial_proxy.url, serial_proxy
+        finally:
+            serial_proxy.close()
+        return
     host, _, port = url[len("socket://"):].partition(":")
     with fault_proxy(host, int(port.split("?")[0]), faults, stream) as proxy:
         assert proxy is not None

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,10 +21,11 @@ import pytest
 
 from harness.config.boards import BOARDS
 from harness.emulators.qemu import ICOUNT_SHIFT, QemuNode, QemuNodeSpec, qemu_nodes
-from harness.core.errors import DeviceError
+from harness.core.errors import ConfigError, DeviceError
 from harness.targets.mcu.firmware import FirmwareImage, build_firmware
 from harness.targets.mcu.protocol import PROTOCOL_VERSION, TimerKind, encode_uleb128
 from harness.targets.mcu.driver import EMULATED_LABEL, DeviceWork, McuTarget
+from harness.transports.faults import LinkFaults, SerialFaultProxy, faulty_url
 
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "firmware"
@@ -379,6 +381,29 @@ def test_a_late_reply_to_an_earlier_attempt_is_accepted(images: dict[str, Firmwa
     assert [r.code for r in results] == [reference_encode(pixels) for pixels in inputs]
     assert results[1].attempts == 2 and stats.late_replies == 1 and stats.timeouts == 1
     assert stats.stale_replies == 1  # the second attempt's own reply, skipped with the next request
+
+
+def test_faults_on_a_serial_line_are_recovered_through_a_pseudo_terminal(images: dict[str, FirmwareImage]) -> None:
+    """The serial fault proxy: the harness opens a pty as its port; the proxy relays to the board's
+    link (here QEMU's socket, through pyserial as for /dev/tty or rfc2217) and damages bytes."""
+    faults = LinkFaults(flip=5e-4, drop=2e-4, garbage=1e-4, seed=4)
+    inputs = random_inputs(64, seed=12)
+    with boot(images["netduinoplus2"]) as node, closing(SerialFaultProxy(node.url, faults)) as proxy:
+        assert proxy.url.startswith("/dev/pts/")
+        with target_for(proxy.url, reply_timeout=0.5) as target:
+            results = target.infer_batch(inputs)
+            stats = target.stats
+        injected = proxy.counts().injected()
+    assert [r.code for r in results] == [reference_encode(pixels) for pixels in inputs]
+    assert injected["flip"] + injected["drop"] + injected["garbage"] > 0
+    assert stats.retries + stats.batch_splits > 0
+
+
+def test_a_serial_line_has_no_connection_to_reset(images: dict[str, FirmwareImage]) -> None:
+    with boot(images["netduinoplus2"]) as node:
+        with pytest.raises(ConfigError, match=r"reset=4000 .*serial line .*socket://"):
+            with faulty_url(node.url.replace("socket://", "rfc2217://"), LinkFaults(reset=4000)):
+                pass
 
 
 def test_persistent_damage_ends_in_device_error(images: dict[str, FirmwareImage]) -> None:

@@ -40,10 +40,7 @@ class LinuxNodeTarget(OneAtATime):
     def link_report(self) -> dict[str, Any]:
         """The faults injected on this node's SSH connection under --link-faults."""
         proxy = self.target.fault_proxy
-        if proxy is None:
-            return {}
-        counts = proxy.counts()
-        return {"link_faults": proxy.faults.spec(), "faults_injected": counts.injected(), "proxied_bytes": counts.bytes}
+        return {} if proxy is None else proxy.report()
 
     def infer(self, view: np.ndarray) -> NodeReply:
         result = self.target.encode(np.asarray(view, dtype=np.uint8)[None])

@@ -24,7 +24,7 @@ from harness.targets.mcu.protocol import TimerKind
 from harness.core.registry import Registry
 from harness.targets.mcu.stack_usage import StackEstimate
 from harness.targets.mcu.driver import McuTarget
-from harness.transports.faults import FaultProxy, LinkFaults, active_link_faults, faulty_url
+from harness.transports.faults import LinkFaultProxy, LinkFaults, active_link_faults, faulty_url
 from quant_models.codegen import generate_model_c
 from quant_models.packing import payload_bytes
 from quant_models.intparams import IntEncoder
@@ -120,7 +120,7 @@ class DeployedMcuNode:
     encoder: IntEncoder
     firmware: FirmwareImage
     target: McuTarget
-    fault_proxy: FaultProxy | None = None
+    fault_proxy: LinkFaultProxy | None = None
 
     @property
     def icount_shift(self) -> int | None:

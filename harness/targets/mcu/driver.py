@@ -198,6 +198,7 @@ class McuTarget:
         self.max_batch = max(1, max_batch)
         self._batch = self.max_batch
         self._clean_batches = 0
+        self._resync = False  # the last attempt failed: the device may hold a fragment of it
         self._transport = transport if transport is not None else TRANSPORTS.create(url)
         self._hello: Hello | None = None
         self._next_seq = FIRST_REQUEST_SEQ
@@ -406,19 +407,23 @@ class McuTarget:
         self._stats.requests += 1
         attempts = attempts if attempts is not None else self.max_retries + 1
         seqs: list[int] = []
-        started = time.monotonic()
         for attempt in range(1, attempts + 1):
             seq = self._new_seq()
             seqs.append(seq)
             wire = encode_message(request, seq)
             if attempt > 1:
                 self._stats.retries += 1
+            if attempt > 1 or self._resync:  # after any failed attempt, this request's or a batch's
                 wire = RESYNC + wire
+            sent_at = time.monotonic()
             if not self._send(wire):
+                self._resync = True
                 continue
             reply = self._await_reply(seqs, request, reply_type, self.attempt_timeout(attempt, units))
+            self._resync = reply is None
             if reply is not None:
-                self._round_trips.append((time.monotonic() - started) / units)
+                # this attempt's round trip: a request's retries say nothing of the device's pace
+                self._round_trips.append((time.monotonic() - sent_at) / units)
                 return reply, attempt
         stats = self._stats
         raise NoReply(

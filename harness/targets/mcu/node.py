@@ -43,11 +43,7 @@ class McuNodeTarget:
         """Link counters of this deployment, and the faults injected on it if any."""
         proxy = self.deployed.fault_proxy
         report: dict[str, Any] = {"counters": asdict(self.deployed.target.stats)}
-        if proxy is not None:
-            counts = proxy.counts()
-            report |= {"link_faults": proxy.faults.spec(), "faults_injected": counts.injected(),
-                       "proxied_bytes": counts.bytes}
-        return report
+        return report | (proxy.report() if proxy is not None else {})
 
     def infer(self, view: np.ndarray) -> NodeReply:
         return self.infer_batch(view[None])[0]
