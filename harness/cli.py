@@ -66,6 +66,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "experiment": exp.name, "trained": "now" if trained.trained_now else "no (cache hit)",
         "cache": str(trained.cached.directory), "dataset": f"{m['dataset']} ({m['dataset_split']})",
         "test accuracy": f"{m['test_accuracy']:.4f} on {m['test_samples']} test samples (host, Brevitas)",
+        **({"golden accuracy": f"{m['golden_test_accuracy']:.4f} (integer LSTM codes, numpy; "
+                               f"{m['golden_code_match']:.2%} of codes equal Brevitas')"}
+           if "golden_test_accuracy" in m else {}),
         "dead encoders": m["dead_encoders"] or "none",
         "revived during training": m["revived_encoders"] or "none",
     }

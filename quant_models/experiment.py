@@ -12,8 +12,10 @@ from harness.core.datafiles import read_mapping, validate
 from harness.core.errors import ConfigError
 
 from .partition import Partition, make_partition
+from .series import is_series_dataset
 
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
+LSTM_CODE_BITS = (2, 3, 4, 8, "float")
 SCHEMES = ("ours", "fdml", "fdml-scores", "centralized", "autoencoder")
 
 
@@ -55,10 +57,35 @@ def _paper_layers() -> list[LayerSpec]:
 
 
 class EncoderSpec(_Strict):
-    """The node encoder's layers before its final FC to k = C/N outputs and the q-bit quantizer."""
+    """The node encoder. A CNN: ``layers`` before its final FC to k = C/N outputs and the q-bit
+    quantizer. Or, for time series, ``lstm``: the state sizes of stacked LSTMs (the paper's
+    ``[40, 9]``); the last one's final hidden state, quantized to q bits, is the node's code, so
+    k = the last size."""
 
     layers: list[LayerSpec] = Field(default_factory=_paper_layers)
     activation_bits: int = Field(default=8, ge=2, le=8, description="bits of hidden activations")
+    lstm: list[int] | None = Field(default=None, min_length=1,
+                                   description="LSTM state sizes, first layer first; replaces 'layers'")
+
+    @field_validator("lstm")
+    @classmethod
+    def _positive_sizes(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(n < 1 for n in v):
+            raise ValueError(f"LSTM state sizes must be at least 1 (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _cnn_or_lstm(self) -> "EncoderSpec":
+        if self.lstm is not None:
+            clash = sorted({"layers", "activation_bits"} & self.model_fields_set)
+            if clash:
+                raise ValueError(f"an LSTM encoder (lstm: {self.lstm}) has no {' or '.join(clash)}: its input, "
+                                 "hidden and gate values are 8-bit; give either 'lstm' or CNN 'layers'")
+        return self
+
+    @property
+    def is_lstm(self) -> bool:
+        return self.lstm is not None
 
 
 class HeadSpec(_Strict):
@@ -84,6 +111,18 @@ class CodeSpec(_Strict):
     def bits_per_value(self) -> int:
         """Bits each code value costs on the radio (float32 codes cost 32)."""
         return 32 if self.bits == "float" else int(self.bits)
+
+
+class SeriesSpec(_Strict):
+    """How a multi-site time series becomes samples (see :mod:`quant_models.series`)."""
+
+    window: int = Field(default=50, ge=2, description="W: samples per node view")
+    horizon: int = Field(default=1, ge=1, description="the target is this many steps after the window's last")
+    target: str | None = Field(default=None, description="site whose future value is binned; default: node 0's first site")
+    classes: int = Field(default=20, ge=2, description="K: classes, by training-split quantiles of the target")
+    test_fraction: float = Field(default=0.2, gt=0, lt=1, description="the last part of the time span, for testing")
+    input_range_stds: float = Field(default=3.0, gt=0,
+                                    description="training standard deviations either side of the mean that fill int8")
 
 
 class TrainingSpec(_Strict):
@@ -118,14 +157,39 @@ class Experiment(_Strict):
     scheme: Literal["ours", "fdml", "fdml-scores", "centralized", "autoencoder"] = "ours"
     code: CodeSpec
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
+    series: SeriesSpec | None = Field(default=None, description="windows and task of a time-series dataset")
     head: HeadSpec = Field(default_factory=HeadSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     devices: DevicesSpec = Field(default_factory=DevicesSpec)
     source: str = Field(default="<memory>", exclude=True)
 
+    @model_validator(mode="after")
+    def _encoder_fits_dataset(self) -> "Experiment":
+        """Cross-field checks, raised as ConfigError naming the field they are about."""
+        def fail(field: str, why: str) -> None:
+            raise ConfigError(f"{self.source}: field '{field}': {why}")
+
+        series = is_series_dataset(self.dataset)
+        if series and not self.encoder.is_lstm:
+            fail("encoder", f"{self.dataset!r} is a time series: give an LSTM encoder, e.g. encoder: {{lstm: [40, 9]}} "
+                            "(the centralized scheme's base station uses the same sizes)")
+        if self.encoder.is_lstm and not series:
+            fail("encoder.lstm", f"LSTM encoders read time series (irish-wind, csv:PATH), not {self.dataset!r}")
+        if self.encoder.is_lstm and self.scheme == "autoencoder":
+            fail("scheme", "the autoencoder scheme reconstructs images; it has no time-series form")
+        if self.encoder.is_lstm and self.code.bits not in LSTM_CODE_BITS:
+            fail("code.bits", f"an LSTM encoder's codes are signed q-bit values; q = {self.code.bits} is not "
+                              f"supported, use one of {list(LSTM_CODE_BITS)}")
+        return self
+
     def content_hash(self) -> str:
-        """Hash of everything that determines the trained model (not name, description, devices)."""
+        """Hash of everything that determines the trained model (not name, description, devices).
+        Fields added later are left out while unset, so older experiments keep their hash."""
         content = self.model_dump(mode="json", exclude={"name", "description", "source", "devices"})
+        if content["series"] is None:
+            del content["series"]
+        if content["encoder"]["lstm"] is None:
+            del content["encoder"]["lstm"]
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def partition_for(self, image_shape: tuple[int, int], classes: int) -> Partition:
@@ -137,7 +201,7 @@ class Experiment(_Strict):
         except ConfigError as exc:
             raise ConfigError(f"{self.source}: field 'partition': {exc}") from exc
         self.check_shape(partition.nodes, classes)
-        if self.scheme != "centralized":  # the only scheme without node encoders
+        if self.scheme != "centralized" and not self.encoder.is_lstm:  # an LSTM reads any window
             for view in sorted({partition.view_shape(node) for node in range(partition.nodes)}):
                 self._check_encoder_fits(view)
         return partition
@@ -164,6 +228,11 @@ class Experiment(_Strict):
         """Checks that need the dataset and partition: C divisible by N, fdml-scores' code length."""
         if self.scheme == "centralized":
             return
+        if self.encoder.lstm is not None and self.code.values != nodes * self.encoder.lstm[-1]:
+            raise ConfigError(
+                f"{self.source}: field 'code.values': each of the {nodes} nodes sends its last LSTM layer's final "
+                f"hidden state ({self.encoder.lstm[-1]} values, field 'encoder.lstm'), so C must be "
+                f"{nodes} x {self.encoder.lstm[-1]} = {nodes * self.encoder.lstm[-1]} (got {self.code.values})")
         if self.code.values % nodes:
             raise ConfigError(
                 f"{self.source}: field 'code.values': C = {self.code.values} is not divisible by "

@@ -23,7 +23,9 @@ from harness.core.errors import ModelError
 
 from . import golden
 from .exact_onnx import accumulation_bound, exact_in_float32, write_exact_onnx
+from .intlstm import IntLstmEncoder
 from .intparams import IntEncoder
+from .lstm import LstmEncoder
 from .manifest import CHECK_VECTORS, FORMAT, Manifest, NodeEntry, WindowEntry, write_manifest
 from .model import NodeEncoder, SplitModel
 from .packing import payload_bytes
@@ -33,16 +35,22 @@ ONNX_OPSET = 13
 
 
 class HeadFromCodes(nn.Module):
-    """The base station's network on integer codes [B, C] (as float32): code x scale -> head."""
+    """The base station's network on integer codes [B, C] (as float32): code x scale -> head,
+    or (code - zero point) x scale where nodes send offset-binary codes (LSTM encoders)."""
 
-    scales: torch.Tensor  # a registered buffer
+    scales: torch.Tensor  # registered buffers
+    zero_points: torch.Tensor | None
 
-    def __init__(self, head: nn.Module, scales: torch.Tensor):
+    def __init__(self, head: nn.Module, scales: torch.Tensor, zero_points: torch.Tensor | None = None):
         super().__init__()
         self.head = head
         self.register_buffer("scales", scales.float())
+        has_offsets = zero_points is not None and bool((zero_points != 0).any())
+        self.register_buffer("zero_points", zero_points.float() if has_offsets and zero_points is not None else None)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        if self.zero_points is not None:
+            codes = codes - self.zero_points
         return self.head(codes * self.scales)
 
 
@@ -71,7 +79,7 @@ def export_encoder_onnx(encoder: NodeEncoder, path: Path) -> None:
 
 
 def export_head_onnx(model: SplitModel, path: Path) -> None:
-    wrapper = HeadFromCodes(copy.deepcopy(model.head), model.code_scales()).eval()
+    wrapper = HeadFromCodes(copy.deepcopy(model.head), model.code_scales(), model.code_zero_points()).eval()
     total = sum(e.code_len for e in model.node_encoders())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -128,6 +136,30 @@ def export_device_checks(encoder: IntEncoder, out: Path) -> dict:
     return entries
 
 
+def check_windows(encoder: IntLstmEncoder, count: int = CHECK_VECTORS) -> np.ndarray:
+    """int8 windows that make a wrong LSTM lowering show: all zero, all -128, all 127 (gates
+    and cell state saturate), then random codes, seeded by the node."""
+    rng = np.random.default_rng(encoder.node)
+    shape = tuple(encoder.input_shape)
+    fixed = [np.full((1, *shape), v, np.int8) for v in (0, -128, 127)]
+    return np.concatenate([*fixed, rng.integers(-128, 128, (count - 3, *shape), dtype=np.int8)])
+
+
+def _lstm_entry(enc: LstmEncoder, node: int, out: Path) -> dict:
+    """Integer parameters and check vectors of a quantized LSTM node (no ONNX: QCDQ and QONNX
+    cannot carry a quantized LSTM; the integer model is the reference)."""
+    ie = enc.to_integer(node)
+    int_name, check_name = f"node{node}.int.json", f"node{node}.check.npz"
+    ie.save(out / int_name)
+    windows = check_windows(ie)
+    np.savez_compressed(out / check_name, views=windows, codes=golden.encode(ie, windows))
+    costs = ie.costs()
+    return {"kind": "lstm-encoder", "code_bits": ie.code_bits, "int_params": int_name, "sha256": ie.sha256(),
+            "code_exponent": ie.code_exponent, "code_zero_point": ie.code_zero_point, "macs": costs.macs,
+            "payload_bytes": payload_bytes(ie.code_len, ie.code_bits), "check_vectors": check_name,
+            "costs": costs.as_dict(), "accumulation_bound": max(layer.accumulation_bound() for layer in ie.layers)}
+
+
 def export_model(model: SplitModel, partition: Partition, out: Path, *, experiment: str = "",
                  scheme: str = "", bits: int | str = 8) -> ExportResult:
     """Write every artifact of ``model`` into ``out`` and return the manifest."""
@@ -141,7 +173,12 @@ def export_model(model: SplitModel, partition: Partition, out: Path, *, experime
             "window": {"top": win.top, "left": win.left, "height": win.height, "width": win.width},
             "code_len": enc.code_len}
         entry: NodeEntry
-        if isinstance(enc, NodeEncoder):
+        if isinstance(enc, LstmEncoder) and enc.quantized:
+            entry = {**common, **_lstm_entry(enc, i, out)}  # type: ignore[typeddict-item]
+        elif isinstance(enc, LstmEncoder):  # float: the head's baseline, no device form
+            entry = {**common, "kind": "float-encoder", "code_bits": "float",
+                     "sha256": _sha256_tensors(enc.state_dict()), "payload_bytes": 4 * enc.code_len}
+        elif isinstance(enc, NodeEncoder):
             onnx_name = f"node{i}.onnx"
             export_encoder_onnx(enc, out / onnx_name)
             if enc.quantized:
@@ -156,11 +193,14 @@ def export_model(model: SplitModel, partition: Partition, out: Path, *, experime
                 entry = {**common, "onnx": onnx_name, "code_bits": "float", "kind": "float-encoder",
                          "sha256": _sha256_tensors(enc.state_dict()), "payload_bytes": 4 * enc.code_len}
         else:  # raw node: sends its pixels
-            entry = {**common, "kind": "raw", "code_bits": 8, "code_exponent": -8, "macs": 0,
+            entry = {**common, "kind": "raw", "code_bits": 8, "code_exponent": enc.input_exponent, "macs": 0,
                      "payload_bytes": enc.code_len, "sha256": hashlib.sha256(b"raw").hexdigest()}
+            if enc.code_zero_point():
+                entry["code_zero_point"] = enc.code_zero_point()
         nodes.append(entry)
     export_head_onnx(model, out / "head.onnx")
-    head_hash = _sha256_tensors(model.head.state_dict() | {"scales": model.code_scales()})
+    offsets = {"zero_points": model.code_zero_points()} if bool((model.code_zero_points() != 0).any()) else {}
+    head_hash = _sha256_tensors(model.head.state_dict() | {"scales": model.code_scales()} | offsets)
     model_hash = hashlib.sha256("".join([n["sha256"] for n in nodes] + [head_hash]).encode()).hexdigest()
     manifest: Manifest = {"format": FORMAT, "experiment": experiment, "scheme": scheme,
                 "image_shape": list(partition.image_shape), "partition": partition.spec,

@@ -10,6 +10,7 @@ from typing import Literal, NotRequired, TypedDict
 
 from harness.core.errors import ModelError
 
+from .intlstm import IntLstmEncoder
 from .intparams import IntEncoder
 
 MANIFEST = "manifest.json"
@@ -27,7 +28,7 @@ class WindowEntry(TypedDict):
 
 class NodeEntry(TypedDict):
     node: int
-    kind: Literal["encoder", "float-encoder", "raw"]
+    kind: Literal["encoder", "lstm-encoder", "float-encoder", "raw"]
     view_shape: list[int]
     window: WindowEntry
     code_len: int
@@ -37,6 +38,8 @@ class NodeEntry(TypedDict):
     onnx: NotRequired[str]
     int_params: NotRequired[str]
     code_exponent: NotRequired[int]
+    code_zero_point: NotRequired[int]  # offset-binary codes (LSTM encoders, raw int8 series): value = (code - zp) x 2^e
+    costs: NotRequired[dict[str, int]]  # LSTM encoders: quant_models.intlstm.LstmCosts
     macs: NotRequired[int]
     exact_onnx: NotRequired[str]  # the integer model lowered to exact float32 ONNX (quant_models.exact_onnx)
     accumulation_bound: NotRequired[int]
@@ -100,6 +103,22 @@ def node_files(directory: Path, node: int) -> NodeFiles:
 
 
 def load_int_encoders(directory: Path) -> list[IntEncoder]:
-    """The integer encoders of every quantized node, in node order."""
+    """The integer CNN encoders of every quantized node, in node order (LSTM nodes: see
+    :func:`load_node_models`)."""
     return [IntEncoder.load(directory / n["int_params"]) for n in load_manifest(directory)["nodes"]
-            if "int_params" in n]
+            if "int_params" in n and n["kind"] == "encoder"]
+
+
+NodeModel = IntEncoder | IntLstmEncoder
+"""What a quantized node runs: a CNN (:mod:`quant_models.intparams`) or an LSTM encoder
+(:mod:`quant_models.intlstm`); :func:`quant_models.golden.encode` runs either."""
+
+
+def load_node_models(directory: Path) -> list[NodeModel]:
+    """The integer model of every quantized node, CNN or LSTM, in node order."""
+    out: list[NodeModel] = []
+    for n in load_manifest(directory)["nodes"]:
+        if "int_params" in n:
+            path = directory / n["int_params"]
+            out.append(IntLstmEncoder.load(path) if n["kind"] == "lstm-encoder" else IntEncoder.load(path))
+    return out

