@@ -282,7 +282,7 @@ def study_table(store: ResultsStore, study: Study) -> pd.DataFrame:
     keep = {(p.label) for p in study.points}
     frame = frame[frame.label.isin(keep)].reset_index(drop=True)
     overrides = pd.DataFrame([json.loads(o) for o in frame.overrides], index=frame.index)
-    rows = pd.DataFrame([json.loads(r) if r else {} for r in frame.row], index=frame.index)
+    rows = pd.DataFrame([json.loads(r) if isinstance(r, str) and r else {} for r in frame.row], index=frame.index)
     rows = rows.drop(columns=[c for c in rows.columns if c in overrides.columns], errors="ignore")
     table = pd.concat([frame[["label"]], overrides, frame[["status", "reason"]], rows, frame[["wall_s"]]], axis=1)
     return table
