@@ -54,7 +54,11 @@ class NodeTarget(Protocol):
     profile: DeviceProfile
     encoder: IntEncoder
     info: NodeInfo
-    batch_size: int  # most views the engine hands infer_batch at once
+
+    @property
+    def batch_size(self) -> int:
+        """Most views the engine hands infer_batch at once."""
+        ...
 
     def infer(self, view: np.ndarray) -> NodeReply: ...
 

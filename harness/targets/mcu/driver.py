@@ -313,13 +313,8 @@ class McuTarget:
     def infer_batch(self, inputs: Sequence[bytes]) -> list[InferResult]:
         """Run the node encoder on every input, in frames of up to :attr:`batch_size` samples;
         one result per input, in order."""
-        hello = self.hello
         for input in inputs:
-            if len(input) != hello.input_bytes:
-                raise DeviceError(
-                    f"input of {len(input)} bytes for device {self.name}, whose model takes "
-                    f"{hello.input_h}x{hello.input_w} = {hello.input_bytes} bytes"
-                )
+            self._check_input(input)
         results: list[InferResult] = []
         while len(results) < len(inputs):
             size = min(self._batch, self.batch_size)
@@ -372,14 +367,20 @@ class McuTarget:
     def profile(self, input: bytes) -> ProfileResult:
         """One inference on ``input`` timed stage by stage: the code and each stage's ticks."""
         hello = self.hello
-        if len(input) != hello.input_bytes:
-            raise DeviceError(f"input of {len(input)} bytes for device {self.name}, whose model takes "
-                              f"{hello.input_bytes} bytes")
+        self._check_input(input)
         reply, _ = self._exchange(Profile(bytes(input)), ProfileReply)
         if len(reply.code) != hello.code_bytes:
             raise ProtocolError(f"device {self.name} ({self.url}) returned a {len(reply.code)}-byte code to "
                                 f"PROFILE; its HELLO says {hello.code_bytes}")
         return ProfileResult(code=reply.code, stage_ticks=reply.stage_ticks)
+
+    def _check_input(self, input: bytes) -> None:
+        hello = self.hello
+        if len(input) != hello.input_bytes:
+            raise DeviceError(
+                f"input of {len(input)} bytes for device {self.name}, whose model takes "
+                f"{hello.input_h}x{hello.input_w} = {hello.input_bytes} bytes"
+            )
 
     def work(self, ticks: int) -> DeviceWork:
         """``ticks`` from this device as instructions (emulated) or cycles and time (real)."""
@@ -413,7 +414,7 @@ class McuTarget:
             wire = encode_message(request, seq)
             if attempt > 1:
                 self._stats.retries += 1
-            if attempt > 1 or self._resync:  # after any failed attempt, this request's or a batch's
+            if self._resync:  # after any failed attempt: this request's, or a split batch's
                 wire = RESYNC + wire
             sent_at = time.monotonic()
             if not self._send(wire):

@@ -36,8 +36,11 @@ class McuNodeTarget:
                                     "protocol_version": hello.protocol_version,
                                     "stack_bounded": fw.stack.bounded,
                                     "kernels": "dsp" if hello.dsp_kernels else "portable"})
-        self.batch_size = deployed.target.batch_size
         self._profiled = False
+
+    @property
+    def batch_size(self) -> int:
+        return self.deployed.target.batch_size
 
     def link_report(self) -> dict[str, Any]:
         """Link counters of this deployment, and the faults injected on it if any."""
