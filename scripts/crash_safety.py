@@ -3,7 +3,7 @@
 (seeded), rerunning after every kill, then once to completion; checks that every row is there
 exactly once, PRAGMA integrity_check is ok, and no emulator or sshd is left behind.
 Writes results/reference/crash-safety.md. Reproduce with:
-    .venv/bin/python scripts/crash_safety.py [--kills 20] [--seed 0]
+    .venv/bin/python scripts/crash_safety.py [--kills 20] [--seed 0] [--only run|study]
 """
 from __future__ import annotations
 
@@ -22,21 +22,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=("run", "study"), help="one loop instead of both")
+    parser.add_argument("--out", type=Path, default=ROOT / "results/reference/crash-safety.md")
     args = parser.parse_args()
+    loops = {
+        "run": (["run", "experiments/smoke.yaml", "--samples", "100"], "inferences",
+                ("run_id", "node", "sample"), 400, (0.5, 15.0)),
+        "study": (["study", "experiments/studies/smoke.yaml"],
+                  "(SELECT * FROM study_points WHERE status = 'complete')", ("study", "point_key"), 5, (1.0, 40.0)),
+    }
     reports: list[KillReport] = []
     with tempfile.TemporaryDirectory() as tmp:
-        run_db, study_db = Path(tmp) / "run.sqlite", Path(tmp) / "study.sqlite"
-        reports.append(kill_at_random_moments(
-            ["run", "experiments/smoke.yaml", "--samples", "100"], run_db, "inferences",
-            ("run_id", "node", "sample"), expected_rows=400, kills=args.kills, seed=args.seed, window_s=(0.5, 15.0)))
-        print(reports[-1], flush=True)
-        reports.append(kill_at_random_moments(
-            ["study", "experiments/studies/smoke.yaml"], study_db,
-            "(SELECT * FROM study_points WHERE status = 'complete')", ("study", "point_key"),
-            expected_rows=5, kills=args.kills, seed=args.seed + 1, window_s=(1.0, 40.0)))
-        print(reports[-1], flush=True)
+        for offset, (name, (command, table, key, expected, window)) in enumerate(loops.items()):
+            if args.only not in (None, name):
+                continue
+            reports.append(kill_at_random_moments(
+                command, Path(tmp) / f"{name}.sqlite", table, key, expected_rows=expected, kills=args.kills,
+                seed=args.seed + offset, window_s=window))
+            print(reports[-1], flush=True)
     lines = ["# Crash safety: SIGKILL at random moments, rerun, check", "",
-             f"Reproduce: `.venv/bin/python scripts/crash_safety.py --kills {args.kills} --seed {args.seed}`.",
+             "Reproduce: `.venv/bin/python scripts/crash_safety.py --kills "
+             f"{args.kills} --seed {args.seed}{' --only ' + args.only if args.only else ''}`.",
              "Each cycle starts the command on a fresh database, kills it (SIGKILL to its process group) at a "
              "moment drawn uniformly from the window, and reruns it to completion; rows and integrity are "
              "checked per cycle and summed. A command that ended before its moment is not counted as a kill. "
@@ -49,7 +55,7 @@ def main() -> int:
                      f"{r.wall_s / 60:.1f} min |")
     lines += ["", "Kill moments (s after start): " + "; ".join(
         f"{r.command.split()[1]}: {', '.join(map(str, r.moments_s))}" for r in reports)]
-    (ROOT / "results/reference/crash-safety.md").write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n")
     return 0 if all(r.ok for r in reports) else 1
 
 
