@@ -67,7 +67,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "cache": str(trained.cached.directory), "dataset": f"{m['dataset']} ({m['dataset_split']})",
         "test accuracy": f"{m['test_accuracy']:.4f} on {m['test_samples']} test samples (host, Brevitas)",
         **({"golden accuracy": f"{m['golden_test_accuracy']:.4f} (integer LSTM codes, numpy; "
-                               f"{m['golden_code_match']:.2%} of codes equal Brevitas')"}
+                               f"{m['golden_code_match']:.2%} of codes equal Brevitas' on the first "
+                               f"{m.get('golden_code_match_samples', m['test_samples'])} test samples)"}
            if "golden_test_accuracy" in m else {}),
         "dead encoders": m["dead_encoders"] or "none",
         "revived during training": m["revived_encoders"] or "none",
@@ -152,7 +153,7 @@ def _cmd_devices_check(args: argparse.Namespace) -> int:
     from harness.targets.mcu.deploy import deploy_mcu_node
 
     with progress_factory() as progress:
-        encoder = get_exported(exp, progress=progress, data=data).encoders[0]
+        encoder = get_exported(exp, progress=progress, data=data).node_models[0]
     with deploy_mcu_node(profile, encoder) as node:
         hello, rtt = node.target.hello, node.target.ping()
         fw = node.firmware

@@ -144,7 +144,7 @@ def hil_target(hil_device, hil_experiment):
     from quant_models.pipeline import get_exported
 
     model = get_exported(hil_experiment)
-    with open_node_target(hil_device, model.encoders[0], model.directory) as target:
+    with open_node_target(hil_device, model.node_models[0], model.directory) as target:
         yield target
 
 

@@ -36,7 +36,7 @@ from harness.targets.contract import GATEWAYS, NODE_TARGETS, NodeReply, NodeTarg
 from quant_models import golden
 from quant_models.datasets import Dataset, load_experiment_dataset
 from quant_models.experiment import Experiment
-from quant_models.intparams import IntEncoder
+from quant_models.manifest import NodeModel
 from quant_models.partition import Partition
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class _NodeRunner:
         while pending and not self.stop.is_set():
             try:
                 with injecting(self.link_faults), \
-                        open_node_target(self.profile, self.model.encoders[self.node], self.model.directory) as target:
+                        open_node_target(self.profile, self.model.node_models[self.node], self.model.directory) as target:
                     self.events.put(_Event("opened", self.node, target=target))
                     try:
                         while pending and not self.stop.is_set():
@@ -318,7 +318,7 @@ def stream(plan: RunPlan, model: ExportedModel, store: ResultsStore, run_id: str
     whose device fails is reset and resumed; if it fails for good, the other nodes finish and
     every finished row is committed before the error is raised. Ctrl-C commits what finished."""
     views = plan.partition.views(plan.data.test_x[:plan.samples])
-    golden_codes = [golden.encode_packed(enc, v) for enc, v in zip(model.encoders, views)]
+    golden_codes = [golden.encode_packed(enc, v) for enc, v in zip(model.node_models, views)]
     done = store.done_samples(run_id)
     todo = [[s for s in range(plan.samples) if s not in done.get(i, set())] for i in range(plan.partition.nodes)]
     nodes = [i for i in range(plan.partition.nodes) if todo[i]]
@@ -391,7 +391,7 @@ def stream(plan: RunPlan, model: ExportedModel, store: ResultsStore, run_id: str
 
 def predict(plan: RunPlan, model: ExportedModel, store: ResultsStore, run_id: str) -> None:
     """Run the head on every sample whose codes all nodes delivered (device and golden codes)."""
-    encoders: list[IntEncoder] = model.encoders
+    encoders: list[NodeModel] = model.node_models
     inf = store.inferences(run_id)
     have = set(store.predictions(run_id)["sample"])
     complete = inf.groupby("sample")["node"].nunique()
@@ -417,7 +417,7 @@ def predict(plan: RunPlan, model: ExportedModel, store: ResultsStore, run_id: st
 def summarise(plan: RunPlan, model: ExportedModel, store: ResultsStore, run_id: str) -> RunSummary:
     """The run summary from the stored rows, with entropy coders fitted on training-split codes."""
     train_views = plan.partition.views(plan.data.train_x[:ENTROPY_TRAIN_SAMPLES])
-    train_codes = [golden.encode(enc, v) for enc, v in zip(model.encoders, train_views)]
+    train_codes = [golden.encode(enc, v) for enc, v in zip(model.node_models, train_views)]
     return summarize_run(store, run_id, model.manifest, plan.profiles, train_codes)
 
 

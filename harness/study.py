@@ -98,8 +98,11 @@ def plan_study(study: Study) -> list[PointPlan]:
             profiles = [run_plan.profiles[name] for name in run_plan.node_devices]
             boards = sum(1 for p in profiles if p.emulated and p.kind == "mcu")
             real = tuple(sorted({p.name for p in run_plan.profiles.values() if not p.emulated}))
+        # only the fields set: a dump of every field does not parse back where fields exclude
+        # each other (an LSTM encoder's 'lstm' and a CNN's default 'layers')
+        experiment = exp.model_dump(mode="json", exclude_unset=True)
         plans.append(PointPlan(study.name, position, point_key(point, on_device, options), point.label,
-                               point.overrides, exp.model_dump(mode="json"), exp.source, exp.content_hash(),
+                               point.overrides, experiment, exp.source, exp.content_hash(),
                                on_device, options, boards, real))
     return plans
 

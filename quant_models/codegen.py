@@ -13,8 +13,10 @@ one (``HIL_KERNELS_DSP``, from ``devices/firmware/kernels/hil_dsp.h``):
   ping-pong buffers sized for the largest intermediate tensor.
 
 An encoder the DSP kernels cannot run exactly (see :func:`quant_models.dsp_layout.plan_dsp`)
-gets only the portable version, and the file says why. Small pure emitters (an array, a struct,
-one kernel call per op) assembled by templates.
+gets only the portable version, and the file says why. Small pure emitters (an array, a struct:
+:mod:`quant_models.c_emitters`; one kernel call per op) assembled by templates. LSTM encoders:
+:mod:`quant_models.codegen_lstm` (:func:`generate_model_c` and :func:`model_stages` dispatch on
+the model's type).
 """
 from __future__ import annotations
 
@@ -22,40 +24,18 @@ from dataclasses import dataclass
 from functools import singledispatch
 from pathlib import Path
 from string import Template
-from typing import Callable
 
 import numpy as np
 
+from harness.core.errors import ModelError
+
+from .c_emitters import c_array, c_bytes, c_struct, c_words, pack_statements
+from .codegen_lstm import generate_lstm_model_c, lstm_stage_macs
 from .dsp_layout import ConvStage, DspPlan, DspUnsupported, FcStage, Frame, PoolStage, plan_dsp
+from .intlstm import IntLstmEncoder
 from .intparams import ConvOp, FcOp, IntEncoder, MaxPoolOp
+from .manifest import NodeModel
 from .packing import payload_bytes
-
-VALUES_PER_LINE = 24
-WORDS_PER_LINE = 8
-
-
-def c_array(ctype: str, name: str, values: np.ndarray, fmt: Callable[[int], str] = str,
-            per_line: int = VALUES_PER_LINE) -> str:
-    """``static const ctype name[N] = {...};`` with a fixed number of values per line."""
-    flat = [fmt(int(v)) for v in np.asarray(values).ravel()]
-    lines = [", ".join(flat[i:i + per_line]) for i in range(0, len(flat), per_line)]
-    body = ",\n    ".join(lines)
-    return f"static const {ctype} {name}[{len(flat)}] = {{\n    {body}\n}};\n"
-
-
-def c_words(name: str, words: np.ndarray) -> str:
-    """A uint32 array in hex (int16 pairs read best as two halves)."""
-    return c_array("uint32_t", name, words, lambda v: f"0x{v:08x}", WORDS_PER_LINE)
-
-
-def c_struct(ctype: str, name: str, fields: list[object]) -> str:
-    """``static const ctype name = {...};`` from the fields in declaration order."""
-    return f"static const {ctype} {name} = {{{', '.join(map(str, fields))}}};\n"
-
-
-def c_bytes(values: bytes) -> str:
-    return "{" + ", ".join(f"0x{b:02x}" for b in values) + "}"
-
 
 # ---------------------------------------------------------------------------------------------
 # Portable kernels (hil_kernels.c)
@@ -213,22 +193,6 @@ def _(stage: FcStage) -> EmittedStage:
     return EmittedStage(decl + _layer_function(name, comment, body), name)
 
 
-def pack_statements(code_len: int, bits: int, codes: str, out: str, mask: bool) -> list[str]:
-    """Straight-line C packing ``code_len`` q-bit codes MSB first (quant_models/packing.py)."""
-    statements = []
-    for byte in range(payload_bytes(code_len, bits)):
-        parts = []
-        for j in range(code_len):
-            start = j * bits - 8 * byte  # code j's first bit, counted from this byte's MSB
-            if start >= 8 or start + bits <= 0:
-                continue
-            value = f"({codes}[{j}] & 0x{(1 << bits) - 1:x})" if mask else f"{codes}[{j}]"
-            shift = 8 - start - bits  # bits shifted above 7 or below 0 belong to the other byte
-            parts.append(f"({value} << {shift})" if shift > 0 else f"({value} >> {-shift})" if shift < 0 else value)
-        statements.append(f"{out}[{byte}] = (uint8_t)({' | '.join(parts)});")
-    return statements
-
-
 DSP_TEMPLATE = Template("""\
 $frames
 $declarations
@@ -308,8 +272,21 @@ const hil_model_info_t hil_model_info = {
 $body""")
 
 
-def generate_model_c(encoder: IntEncoder) -> str:
-    """The C source of ``encoder`` implementing hil_model.h."""
+@singledispatch
+def generate_model_c(model: NodeModel) -> str:
+    """The C source of a node's integer model implementing hil_model.h: a CNN encoder here, an
+    LSTM encoder in :mod:`quant_models.codegen_lstm`."""
+    raise ModelError(f"no C code generator for {type(model).__name__}")
+
+
+@generate_model_c.register
+def _(model: IntLstmEncoder) -> str:
+    return generate_lstm_model_c(model)
+
+
+@generate_model_c.register
+def generate_cnn_model_c(encoder: IntEncoder) -> str:
+    """The C source of a CNN ``encoder`` implementing hil_model.h."""
     portable = portable_source(encoder)
     try:
         plan = plan_dsp(encoder)
@@ -337,7 +314,21 @@ class ModelStage:
     macs: int
 
 
-def model_stages(encoder: IntEncoder, dsp: bool) -> list[ModelStage]:
+@singledispatch
+def model_stages(model: NodeModel, dsp: bool) -> list[ModelStage]:
+    """The stages ``hil_model_encode_marked`` marks, in order, for the DSP or the portable build
+    of a node's generated C (the per-layer profile)."""
+    raise ModelError(f"no C code generator for {type(model).__name__}")
+
+
+@model_stages.register
+def _(model: IntLstmEncoder, dsp: bool) -> list[ModelStage]:
+    """One stage per LSTM layer, then the codes; the same on both kernel paths."""
+    return [ModelStage(name, macs) for name, macs in lstm_stage_macs(model)]
+
+
+@model_stages.register
+def cnn_model_stages(encoder: IntEncoder, dsp: bool) -> list[ModelStage]:
     """The stages ``hil_model_encode_marked`` marks, in order, for the DSP or the portable build:
     the DSP build loads the input into its padded frame first, may fuse a max-pool into the
     convolution before it, and packs the codes last; the portable build runs one kernel per op
@@ -363,7 +354,7 @@ def model_stages(encoder: IntEncoder, dsp: bool) -> list[ModelStage]:
     return stages + [ModelStage("pack", 0)]
 
 
-def write_model_c(encoder: IntEncoder, path: Path) -> Path:
+def write_model_c(encoder: NodeModel, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(generate_model_c(encoder))
     return path

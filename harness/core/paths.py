@@ -23,8 +23,9 @@ FIRMWARE_INCLUDE = FIRMWARE_DIR / "include"
 FIRMWARE_KERNELS = FIRMWARE_DIR / "kernels"
 FIRMWARE_BOARDS = FIRMWARE_DIR / "boards"
 FIRMWARE_STARTUP = FIRMWARE_SRC / "cortexm"
-KERNEL_SOURCES = (FIRMWARE_KERNELS / "hil_kernels.c",)
-"""C sources of the integer kernels the generated model code calls (host tests and firmware)."""
+KERNEL_SOURCES = (FIRMWARE_KERNELS / "hil_kernels.c", FIRMWARE_KERNELS / "hil_lstm.c")
+"""C sources of the integer kernels the generated model code calls (host tests and firmware); the
+linker drops the functions a model does not call."""
 KERNEL_INCLUDE_DIRS = (FIRMWARE_INCLUDE, FIRMWARE_KERNELS)
 
 USER_CONFIG = Path.home() / ".config" / "hilbench"

@@ -4,7 +4,8 @@ Keys (all per run): run_id, experiment, status, samples, accuracy, golden_accura
 bitexact_rate, bits_per_inference, payload_bytes_per_inference, raw_bits_per_inference,
 wire_bytes_per_inference, emulated, gateway, nodes [{node, device, emulated, latency {p50, p90,
 p99, mean, unit, basis}, host_round_trip_ms {p50, p90, p99}, instructions_per_inference,
-cycles_per_inference, macs_per_inference, flash_bytes, ram_bytes, stack_bytes, retries}].
+cycles_per_inference, macs_per_inference, flash_bytes, ram_bytes, stack_bytes, retries, layers,
+model_costs (LSTM encoders), info}].
 Computed from stored rows, so a resumed run summarises everything it holds.
 """
 from __future__ import annotations
@@ -58,6 +59,7 @@ class NodeSummary(TypedDict):
     stack_bytes: int | None
     retries: int
     layers: list[dict[str, Any]] | None
+    model_costs: dict[str, int] | None  # LSTM encoders: MACs, multiplies, table lookups, bytes (intlstm.LstmCosts)
     info: dict[str, Any]
 
 
@@ -179,6 +181,7 @@ def summarize_run(store: ResultsStore, run_id: str, manifest: Manifest,
             "stack_bytes": None if n.stack_bytes is None else int(n.stack_bytes),
             "retries": int((rows["attempts"].fillna(1) - 1).sum()),
             "layers": layers,  # per stage: MACs, instructions or cycles, per MAC (microcontrollers)
+            "model_costs": manifest["nodes"][int(n.node)].get("costs"),
             "info": info,
         })
     wire = (inf["wire_bytes_sent"].fillna(0) + inf["wire_bytes_received"].fillna(0)).sum()

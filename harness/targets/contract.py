@@ -19,7 +19,7 @@ import numpy as np
 from harness.core.errors import ConfigError
 from harness.config.profiles import DeviceProfile, get_profile
 from harness.core.registry import Registry
-from quant_models.intparams import IntEncoder
+from quant_models.manifest import NodeModel
 
 EMULATED_MCU_BASIS = "counted on emulator (QEMU -icount instructions, not cycles)"
 REAL_MCU_BASIS = "measured on device (DWT cycle counter / clock)"
@@ -52,7 +52,7 @@ class NodeInfo:
 
 class NodeTarget(Protocol):
     profile: DeviceProfile
-    encoder: IntEncoder
+    encoder: NodeModel
     info: NodeInfo
 
     @property
@@ -87,7 +87,7 @@ class Gateway(Protocol):
         """Predictions for integer codes [B, C], and per-inference device ns if measured."""
 
 
-NodeTargetFactory = Callable[[DeviceProfile, IntEncoder, Path], ContextManager[NodeTarget]]
+NodeTargetFactory = Callable[[DeviceProfile, NodeModel, Path], ContextManager[NodeTarget]]
 GatewayFactory = Callable[[DeviceProfile | None, Path], ContextManager[Gateway]]
 BUILTIN_TARGET_MODULES = ("harness.targets.host", "harness.targets.mcu.node", "harness.targets.linux.roles")
 NODE_TARGETS: Registry[NodeTargetFactory] = Registry("node target for device kind", "hilbench.targets",
@@ -98,7 +98,7 @@ register_node_target = NODE_TARGETS.register
 register_gateway = GATEWAYS.register
 
 
-def open_node_target(profile: DeviceProfile, encoder: IntEncoder, export_dir: Path) -> ContextManager[NodeTarget]:
+def open_node_target(profile: DeviceProfile, encoder: NodeModel, export_dir: Path) -> ContextManager[NodeTarget]:
     if profile.kind not in NODE_TARGETS:
         raise ConfigError(f"{profile.source}: field 'kind': no node target for kind {profile.kind!r}")
     return NODE_TARGETS.get(profile.kind)(profile, encoder, export_dir)

@@ -14,7 +14,7 @@ from harness.targets.contract import (HOST_BASIS, Gateway, NodeInfo, NodeReply, 
                                       register_node_target)
 from harness.core.errors import DeviceError
 from quant_models.intparams import IntEncoder
-from quant_models.manifest import NodeFiles, node_files
+from quant_models.manifest import NodeFiles, NodeModel, node_files
 from quant_models.packing import pack_codes
 
 
@@ -30,7 +30,8 @@ class LocalNodeTarget(OneAtATime):
         if files.check_vectors is None:
             raise DeviceError(f"{files.onnx.parent}: the export has no check vectors for node {encoder.node}; "
                               "export the model again")
-        self.profile, self.encoder = profile, encoder
+        self.profile = profile
+        self.encoder: NodeModel = encoder
         try:
             self.model = Model(str(files.onnx), "node", encoder.code_exponent, threads=1,
                                exact_path=None if files.exact_onnx is None else str(files.exact_onnx),

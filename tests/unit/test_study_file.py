@@ -92,3 +92,13 @@ run: {samples: 5}
     tasks = schedule(plans, done=set())
     assert sorted(len(t.points) for t in tasks) == [2, 2]  # one model per q, run on both boards
     assert [len(t.points) for t in schedule(plans, done={plans[0].key, plans[2].key})] == [1, 1]
+
+
+@pytest.mark.parametrize("name", ["table1-wind.yaml", "paper-fig3.yaml", "smoke.yaml"])
+def test_a_planned_point_is_the_same_experiment_in_its_worker(name):
+    """Workers parse a point's experiment back from its plan: it must be the same experiment (an
+    LSTM point's full dump, with the CNN defaults it excludes, did not parse at all)."""
+    from harness.study import _experiment_of
+
+    for plan in plan_study(load_study(REPO / "experiments" / "studies" / name)):
+        assert _experiment_of(plan).content_hash() == plan.model_key

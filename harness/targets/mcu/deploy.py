@@ -26,8 +26,8 @@ from harness.targets.mcu.stack_usage import StackEstimate
 from harness.targets.mcu.driver import McuTarget
 from harness.transports.faults import LinkFaultProxy, LinkFaults, active_link_faults, faulty_url
 from quant_models.codegen import generate_model_c
+from quant_models.manifest import NodeModel
 from quant_models.packing import payload_bytes
-from quant_models.intparams import IntEncoder
 
 Deployer = Callable[[DeviceProfile, FirmwareImage], ContextManager[str]]
 DEPLOYERS: Registry[Deployer] = Registry("microcontroller deploy method")
@@ -40,7 +40,7 @@ def _image_from_json(d: dict) -> FirmwareImage:
                             "timer_kind": TimerKind[d["timer_kind"]], "stack": stack})
 
 
-def build_node_firmware(profile: DeviceProfile, encoder: IntEncoder, *, root: Path | None = None) -> FirmwareImage:
+def build_node_firmware(profile: DeviceProfile, encoder: NodeModel, *, root: Path | None = None) -> FirmwareImage:
     """Firmware for ``encoder`` on ``profile``'s board; built once per content (cached)."""
     board = profile.board_description
     if board is None:
@@ -117,7 +117,7 @@ def _serial_url(profile: DeviceProfile) -> str:
 @dataclass
 class DeployedMcuNode:
     profile: DeviceProfile
-    encoder: IntEncoder
+    encoder: NodeModel
     firmware: FirmwareImage
     target: McuTarget
     fault_proxy: LinkFaultProxy | None = None
@@ -127,12 +127,12 @@ class DeployedMcuNode:
         return self.target.icount_shift
 
 
-def model_hash8(encoder: IntEncoder) -> bytes:
+def model_hash8(encoder: NodeModel) -> bytes:
     return bytes.fromhex(encoder.sha256())[:8]
 
 
 @contextmanager
-def deploy_mcu_node(profile: DeviceProfile, encoder: IntEncoder, *, expected_hash: bytes | None = None,
+def deploy_mcu_node(profile: DeviceProfile, encoder: NodeModel, *, expected_hash: bytes | None = None,
                     link_faults: LinkFaults | None = None) -> Iterator[DeployedMcuNode]:
     """Build, deploy and connect; the target refuses firmware whose hash is not ``expected_hash``
     (default: ``encoder``'s own). ``link_faults`` (default: the run's, see

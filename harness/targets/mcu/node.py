@@ -18,7 +18,7 @@ from harness.core.errors import ProtocolError
 from harness.targets.mcu.deploy import DeployedMcuNode, deploy_mcu_node
 from harness.targets.mcu.driver import InferResult
 from quant_models.codegen import model_stages
-from quant_models.intparams import IntEncoder
+from quant_models.manifest import NodeModel
 
 
 class McuNodeTarget:
@@ -89,6 +89,6 @@ class McuNodeTarget:
 
 @register_node_target("mcu")
 @contextmanager
-def _mcu_node(profile: DeviceProfile, encoder: IntEncoder, export_dir: Path) -> Iterator[NodeTarget]:
+def _mcu_node(profile: DeviceProfile, encoder: NodeModel, export_dir: Path) -> Iterator[NodeTarget]:
     with deploy_mcu_node(profile, encoder) as deployed:
         yield McuNodeTarget(deployed)
