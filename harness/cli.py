@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 from harness.core.errors import HilbenchError
 
@@ -170,6 +170,52 @@ def _cmd_devices_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_devices_calibrate(args: argparse.Namespace) -> int:
+    """Run a known workload on the device inside its meter; write measured power and cycles per
+    emulated instruction as the profile's overlay."""
+    from quant_models.experiment import load_experiment
+
+    from harness.config.profiles import USER_PROFILES, get_profile, preflight
+    from harness.console import console, key_value_table, progress_factory
+    from harness.measure.calibration import calibrate, write_overlay
+
+    profile = get_profile(args.name)
+    preflight(profile)
+    emulated = None if args.no_emulated else get_profile(args.emulated or _default_stand_in(profile),
+                                                         named_by="--emulated")
+    store = _results_store(args.db)
+    with progress_factory() as progress:
+        cal = calibrate(profile, load_experiment(args.experiment), args.samples, store, emulated, progress)
+    path = write_overlay(cal, Path(args.profile_dir) if args.profile_dir else USER_PROFILES)
+    rows: dict[str, object] = {"label": cal.label, "active power": f"{cal.active_mw:.3f} mW (mean inside {cal.windows} windows)",
+            "idle power": f"{cal.idle_mw:.3f} mW (between windows)",
+            f"{cal.device_count_unit} per inference": f"{cal.device_count_per_inference:,.1f}"}
+    if cal.cycles_per_instruction is not None:
+        rows["emulated instructions per inference"] = f"{cal.emulated_instructions_per_inference:,.1f} ({cal.against})"
+        rows[f"{cal.device_count_unit} per emulated instruction"] = f"{cal.cycles_per_instruction:.4f}"
+    rows |= {"meter": cal.meter, "overlay": str(path)}
+    console.print(key_value_table(f"{profile.name}: calibrated", rows))
+    if args.json:
+        print(json.dumps({**cal.overlay(), "overlay": str(path)}))
+    return 0
+
+
+def _default_stand_in(profile) -> str:
+    """The emulated stand-in whose instructions a device's cycles are divided by: the profile
+    itself when emulated, else the shipped emulated profile on the same CPU (Cortex-M4F:
+    stm32f405-qemu)."""
+    from harness.config.profiles import load_profiles
+
+    if profile.emulated:
+        return profile.name
+    for name, candidate in sorted(load_profiles().items()):
+        if candidate.emulated and candidate.kind == "mcu" and candidate.cpu == profile.cpu and candidate.meter is None \
+                and candidate.calibrated_by is None:
+            return name
+    raise HilbenchError(f"no emulated profile with cpu {profile.cpu!r} to count instructions on; give --emulated "
+                        "PROFILE or --no-emulated")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from quant_models.experiment import load_experiment
 
@@ -186,10 +232,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with progress_factory() as progress:
         summary = run_experiment(exp, store, options, progress)
     console.print(summary_table(summary))
+    for line in _meter_lines(summary):
+        console.print(line)
     console.print(f"results: {store.path} (run {summary['run_id']}); report: hilbench report --run {summary['run_id']} --out DIR")
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def _meter_lines(summary: Mapping[str, Any]) -> list[str]:
+    """One line per metered node: its compute energy per inference beside the model's, and the basis."""
+    per_node = (summary.get("energy") or {}).get("per_node") or []
+    lines = []
+    for node, e in zip(summary["nodes"], per_node):
+        m = node.get("meter")
+        if not m:
+            continue
+        if not m["windows"]:
+            lines.append(f"node {node['node']} energy: no meter session could be read ({m['basis']}): the model's "
+                         f"figure is used; {m['failed_sessions'][-1]['error']}")
+            continue
+        gross, net = m["gross_uj"], m["net_uj"]
+        median = f", median {gross['median']:.2f} (p10 {gross['p10']:.2f}, p90 {gross['p90']:.2f})" if "median" in gross else ""
+        model = "" if e.get("compute_model_uj") is None else f"; model {e['compute_model_uj']:.2f} uJ"
+        lines.append(f"node {node['node']} energy ({m['label']}): gross {gross['mean']:.2f} uJ{median}, net "
+                     f"{net['mean']:.2f} uJ per inference over {m['windows']} windows / {m['inferences']} inferences"
+                     f"{model}. Basis: {m['basis']}")
+    return lines
 
 
 def _cmd_results_list(args: argparse.Namespace) -> int:
@@ -415,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--csv", dest="out", required=True, metavar="DIR", help="write CSV files into DIR")
             p.add_argument("--run", action="append", help="only this run (repeatable)")
 
-    devices = sub.add_parser("devices", help="device profiles: list, show, check").add_subparsers(
+    devices = sub.add_parser("devices", help="device profiles: list, show, check, calibrate").add_subparsers(
         dest="devices_command", required=True)
     devices.add_parser("list", help="list the device profiles found").set_defaults(func=_cmd_devices_list)
     show = devices.add_parser("show", help="print a device profile")
@@ -426,6 +495,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--experiment", default="experiments/smoke.yaml",
                        help="whose node-0 encoder to deploy (default: experiments/smoke.yaml)")
     check.set_defaults(func=_cmd_devices_check)
+    calibrate = devices.add_parser("calibrate", help="measure a board's active/idle power and cycles per emulated "
+                                                     "instruction with its meter; write a profile overlay")
+    calibrate.add_argument("name", help="a device profile with a meter section")
+    calibrate.add_argument("--experiment", default="experiments/smoke.yaml",
+                           help="the workload: this experiment's node-0 encoder (default: experiments/smoke.yaml)")
+    calibrate.add_argument("--samples", type=positive_int, default=200, help="inferences to measure (default 200)")
+    calibrate.add_argument("--emulated", help="emulated stand-in to count instructions on (default: the emulated "
+                                              "profile with the same cpu, e.g. stm32f405-qemu)")
+    calibrate.add_argument("--no-emulated", action="store_true", help="measure power only, no cycles per instruction")
+    calibrate.add_argument("--profile-dir", help="where the overlay goes: DIR/overlays/NAME.yaml "
+                                                 "(default: ~/.config/hilbench/devices)")
+    calibrate.add_argument("--db", type=Path, help="where the meter session and raw samples are kept "
+                                                  "(default: results/hilbench.sqlite)")
+    calibrate.add_argument("--json", action="store_true", help="print the overlay as JSON on stdout")
+    calibrate.set_defaults(func=_cmd_devices_calibrate)
     return parser
 
 

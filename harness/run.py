@@ -1,6 +1,7 @@
 """The run engine, as steps: plan (validate every profile, radio, gateway, meter and option, before
 anything is trained or deployed), prepare (train or load, export: :func:`get_exported`), open or
-resume the run in the store, stream the test samples to one target per node in parallel, predict
+resume the run in the store, stream the test samples to one target per node in parallel (inside
+the nodes' power meters, where profiles have them: :mod:`harness.measure.metering`), predict
 (the head on the codes the devices produced), summarise.
 
 Results go to the SQLite store in committed batches. A run is identified by its *run key*
@@ -16,6 +17,7 @@ import os
 import queue
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -24,10 +26,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from harness.config.profiles import DeviceProfile, get_profile, preflight
+from harness.config.profiles import DeviceProfile, calibrated_model, get_profile, preflight
 from harness.core.errors import BuildError, ConfigError, DeviceError
 from harness.core.paths import REPO_ROOT, device_code_digest
-from harness.measure.meters import METERS
+from harness.measure.metering import RunMetering, check_meters, meter_spec_key, open_metering
 from harness.measure.radio_models import get_radio_profile
 from harness.store.results import InferenceRow, ResultsStore, stored_codes
 from harness.store.summary import DEFAULT_RADIO, RunSummary, summarize_run
@@ -89,10 +91,11 @@ class NodeFailed(DeviceError):
 
 @dataclass
 class _Event:
-    kind: str  # "opened" (target), "row", "closing" (target, link), "reset" (error)
+    kind: str  # "opened" (target), "batch" (rows, span), "closing" (target, link), "reset" (error)
     node: int
     target: NodeTarget | None = None
-    row: InferenceRow | None = None
+    rows: list[InferenceRow] | None = None
+    span: tuple[float, float] | None = None  # host monotonic: the batch's request written, reply read
     error: BaseException | None = None
     link: dict[str, Any] | None = None
 
@@ -140,8 +143,11 @@ class _NodeRunner:
                     try:
                         while pending and not self.stop.is_set():
                             batch = pending[:max(1, target.batch_size)]
-                            for s, reply in zip(batch, target.infer_batch(self.views[batch])):
-                                self.events.put(_Event("row", self.node, row=self._row(s, reply)))
+                            t0 = time.monotonic()
+                            replies = target.infer_batch(self.views[batch])
+                            t1 = time.monotonic()
+                            self.events.put(_Event("batch", self.node, span=(t0, t1),
+                                                   rows=[self._row(s, reply) for s, reply in zip(batch, replies)]))
                             del pending[:len(batch)]
                             resets = 0
                     finally:
@@ -206,11 +212,7 @@ def _check_node_profile(profile: DeviceProfile) -> None:
         get_radio_profile(profile.radio or DEFAULT_RADIO)
     except ConfigError as exc:
         raise ConfigError(f"{profile.source}: field 'radio': {exc}") from exc
-    if profile.meter is not None:
-        try:
-            METERS.get(profile.meter)
-        except ConfigError as exc:
-            raise ConfigError(f"{profile.source}: field 'meter': {exc}") from exc
+    calibrated_model(profile)
 
 
 def _check_gateway_profile(profile: DeviceProfile) -> None:
@@ -253,6 +255,7 @@ def plan_run(exp: Experiment, options: RunOptions) -> RunPlan:
             node_devices = exp.devices.node_devices(partition.nodes)
         except ValueError as exc:
             raise ConfigError(f"{exp.source}: field 'devices.nodes': {exc}") from exc
+    check_meters(profiles, node_devices)
     available = len(data.test_y)
     faults = options.link_faults if options.link_faults is not None and options.link_faults.active else None
     return RunPlan(exp, node_devices, gateway, profiles, data, partition,
@@ -272,6 +275,9 @@ def run_key(plan: RunPlan, model: ExportedModel) -> str:
            plan.samples, plan.data.fingerprint, device_code_digest()]
     if plan.link_faults is not None:  # a fault-injection run is its own run
         key.append(plan.link_faults.spec())
+    meters = meter_spec_key(plan.profiles, plan.node_devices)
+    if meters is not None:  # a metered run is its own run (keys of runs without a meter are unchanged)
+        key.append(meters)
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
 
@@ -312,11 +318,14 @@ def _slots_for(plan: RunPlan, override: int | None) -> int:
 
 
 def stream(plan: RunPlan, model: ExportedModel, store: ResultsStore, run_id: str,
-           progress: ProgressFactory | None = None, slots: int | None = None) -> None:
+           progress: ProgressFactory | None = None, slots: int | None = None,
+           metering: RunMetering | None = None) -> None:
     """Deploy one target per node and stream every sample the run does not hold yet, at most
     ``slots`` nodes at once (see :func:`device_slots`), committing rows as they finish. A node
     whose device fails is reset and resumed; if it fails for good, the other nodes finish and
-    every finished row is committed before the error is raised. Ctrl-C commits what finished."""
+    every finished row is committed before the error is raised. Ctrl-C commits what finished.
+    ``metering`` (started by the caller) hears of every finished batch; a meter lost mid-run
+    stops the run like a failure: what finished is committed, then its error is raised."""
     views = plan.partition.views(plan.data.test_x[:plan.samples])
     golden_codes = [golden.encode_packed(enc, v) for enc, v in zip(model.node_models, views)]
     done = store.done_samples(run_id)
@@ -341,9 +350,11 @@ def stream(plan: RunPlan, model: ExportedModel, store: ResultsStore, run_id: str
             rows.clear()
 
     def handle(event: _Event) -> None:
-        if event.kind == "row":
-            assert event.row is not None
-            rows.append(event.row)
+        if event.kind == "batch":
+            assert event.rows is not None and event.span is not None
+            rows.extend(event.rows)
+            if metering is not None:
+                metering.batch(event.node, event.rows, *event.span)
             if len(rows) >= BATCH * len(nodes):
                 commit()
         elif event.kind in ("opened", "closing"):
@@ -369,6 +380,8 @@ def stream(plan: RunPlan, model: ExportedModel, store: ResultsStore, run_id: str
                 handle(events.get(timeout=COMMIT_SECONDS))
             except queue.Empty:
                 commit()
+            if metering is not None:
+                metering.check()
     except BaseException:
         stop.set()
         pool.shutdown(wait=True)
@@ -432,7 +445,8 @@ def run_experiment(exp: Experiment, store: ResultsStore, options: RunOptions | N
         return finished
     status = "failed"
     try:
-        stream(plan, model, store, run_id, progress, slots=options.device_slots)
+        with open_metering(store, run_id, plan.profiles, plan.node_devices) as metering:
+            stream(plan, model, store, run_id, progress, slots=options.device_slots, metering=metering)
         predict(plan, model, store, run_id)
         summary = summarise(plan, model, store, run_id)
         status = "complete"

@@ -1,7 +1,8 @@
 """Descriptions of the Cortex-M boards the node firmware is built for, kept in a registry.
 
-A board description is data: compiler flags, clock and timer, memory regions and, for boards
-QEMU can emulate, the machine name. The C side of each board lives in
+A board description is data: compiler flags, clock and timer, memory regions, the GPIO the
+firmware raises around each inference (the energy-window marker a power meter records) and, for
+boards QEMU can emulate, the machine name. The C side of each board lives in
 ``devices/firmware/boards/<name>/`` (``board.c`` for UART and clock, ``board.ld`` for the memory
 map); the memory sizes here must equal that linker script's (a unit test checks it).
 """
@@ -13,6 +14,10 @@ from pathlib import Path
 from harness.core.registry import Registry
 from harness.core.paths import FIRMWARE_BOARDS
 from harness.targets.mcu.protocol import TimerKind
+
+MARKER_GAP_US = 50
+"""Least time the marker stays low between two inferences of a batch (main.c's HIL_MARKER_GAP_US
+default): 5 samples of a PPK2 at 100 kS/s, so consecutive windows never merge."""
 
 CORTEX_M4F_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
 CORTEX_M4_SOFT_FLOAT_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft")
@@ -28,6 +33,16 @@ class MemoryRegion:
 
 
 @dataclass(frozen=True)
+class MarkerPin:
+    """The GPIO output the firmware drives high while each INFER sample is encoded and timed
+    (``board_marker`` in ``boards/<name>/board.c``; ``MARKER_PIN`` there is ``bit``)."""
+
+    pin: str  # the part's name for it, e.g. "PA8"
+    bit: int  # bit number within its port
+    wiring: str  # where to connect the meter's logic input on the board
+
+
+@dataclass(frozen=True)
 class BoardDescription:
     """What the firmware builder, the emulator launcher and the MCU target need about a board."""
 
@@ -40,6 +55,7 @@ class BoardDescription:
     ram: MemoryRegion
     qemu_machine: str | None = None  # None: a real board only, no emulated stand-in
     summary: str = ""
+    marker: MarkerPin | None = None  # None: no marker; a meter then aligns windows by timestamps
 
     @property
     def emulated(self) -> bool:
@@ -71,6 +87,7 @@ BOARDS.register(
         ram=MemoryRegion(0x2000_0000, 128 * 1024),
         qemu_machine="netduinoplus2",
         summary="STM32F405 (Cortex-M4F), USART1; QEMU netduinoplus2",
+        marker=MarkerPin("PA8", 8, "GPIO PA8 (QEMU: GPIOA is an unimplemented device; the writes show with -d unimp)"),
     )
 )
 BOARDS.register(
@@ -86,6 +103,7 @@ BOARDS.register(
         ram=MemoryRegion(0x2000_0000, 4 * 1024 * 1024),
         qemu_machine="mps2-an386",
         summary="Arm MPS2+ AN386 (Cortex-M4), CMSDK UART0; QEMU mps2-an386",
+        marker=MarkerPin("GPIO0[0]", 0, "CMSDK AHB GPIO0 bit 0 @0x40010000 (QEMU: an unimplemented device)"),
     )
 )
 BOARDS.register(
@@ -101,6 +119,7 @@ BOARDS.register(
         ram=MemoryRegion(0x2000_0000, 4 * 1024 * 1024),
         qemu_machine="mps2-an385",
         summary="Arm MPS2+ AN385 (Cortex-M3, no DSP extension: portable kernels), CMSDK UART0; QEMU mps2-an385",
+        marker=MarkerPin("GPIO0[0]", 0, "CMSDK AHB GPIO0 bit 0 @0x40010000 (QEMU: an unimplemented device)"),
     )
 )
 # A real board: same firmware code paths, DWT cycle counter, reset-default 16 MHz HSI clock.
@@ -114,5 +133,6 @@ BOARDS.register(
         flash=MemoryRegion(0x0800_0000, 512 * 1024),
         ram=MemoryRegion(0x2000_0000, 128 * 1024),
         summary="STM32F446RE (Cortex-M4F) at HSI 16 MHz, USART2 on the ST-LINK VCP; real board",
+        marker=MarkerPin("PA8", 8, "PA8 = Arduino D7 (CN9 pin 8; morpho CN10 pin 23); the meter's GND to the board's GND"),
     )
 )

@@ -3,11 +3,16 @@
 One file per device, read from ``devices/profiles/`` (shipped), every directory in
 ``$HILBENCH_PROFILE_DIRS`` (``os.pathsep``-separated) and ``~/.config/hilbench/devices/``. Adding a
 device means dropping a file there; no code changes. Errors name the file and the field.
+
+Overlays: ``overlays/NAME.yaml`` in any of those directories replaces the ``power`` and
+``calibration`` sections of profile NAME (later directories win). ``hilbench devices calibrate``
+writes one with the device's measured figures, so its modelled energy rests on its own
+measurements without editing the shipped file.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -82,6 +87,79 @@ class PowerSpec(_Strict):
     source: str = Field(min_length=3, description="where the numbers come from")
 
 
+class MeterSpec(_Strict):
+    """A power meter on the device's supply, started before a run streams and stopped after
+    (:mod:`harness.measure.metering`). ``kind`` names a meter of the registry
+    (:data:`harness.measure.meters.METERS`: ``ppk2``, ``joulescope``, ``ina219-ssh``, or a
+    plug-in's); the fields a kind does not use must stay unset (checked when a run is planned).
+
+    Windows: ``marker`` cuts the trace where the board's marker GPIO (see
+    :mod:`harness.config.boards`), wired to the meter's logic input ``marker_input``, is high;
+    ``timestamps`` maps the host's request/reply times to the meter's clock with the offset the
+    driver measured, and states the window's uncertainty."""
+
+    kind: str = Field(min_length=1)
+    simulated: bool = Field(default=False, description=(
+        "ppk2 on an emulated board: the PPK2 protocol simulator on a pseudo-terminal, read through "
+        "ppk2-api, fed a current trace synthesised from the board's own inference windows and its "
+        "power figures; every figure is labelled 'simulated meter'"))
+    port: str | None = Field(default=None, description="ppk2: the PPK2's serial port, e.g. /dev/serial/by-id/usb-Nordic_Semiconductor_PPK2_...-if01")
+    serial_number: str | None = Field(default=None, description="joulescope: which instrument (default: the first found)")
+    via: str | None = Field(default=None, description="ina219-ssh: 'local', or the linux device profile whose SSH login polls the sensor")
+    mode: Literal["source", "ampere"] | None = Field(default=None, description="ppk2: source meter (the PPK2 supplies the board) or ampere meter")
+    voltage_mv: int | None = Field(default=None, gt=0, description="ppk2: the supply voltage (source mode: what the PPK2 sets; ampere mode: the board's own supply)")
+    sample_rate_hz: float | None = Field(default=None, gt=0, description="samples per second (ppk2: fixed 100000; joulescope: sampling_frequency)")
+    windows: Literal["marker", "timestamps"] = "marker"
+    marker_input: int | None = Field(default=None, ge=0, description="the meter's logic input wired to the board's marker pin (ppk2: D0..D7 = 0..7; joulescope: GPI0/GPI1 = 0/1)")
+    options: dict[str, Any] = Field(default_factory=dict, description="further keyword arguments of the meter's class (e.g. ina219-ssh: shunt_ohms, address, busnum)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """``meter: ppk2`` is ``meter: {kind: ppk2}``. The kind and the fields it needs are
+        checked when a run is planned (:func:`harness.measure.metering.check_meter`)."""
+        return {"kind": data} if isinstance(data, str) else data
+
+
+class CalibrationSpec(_Strict):
+    """What ``hilbench devices calibrate`` measured on this device with its meter, written to
+    an overlay: the power figures go to ``power``; this keeps how they were obtained and the
+    cycles the device spends per instruction an emulated stand-in counts for the same workload."""
+
+    cycles_per_instruction: float | None = Field(default=None, gt=0, description=(
+        "device cycles / emulated instructions for the same inferences (None: no emulated stand-in was run)"))
+    against: str | None = Field(default=None, description="the emulated profile whose instruction counts were used")
+    workload: str = Field(min_length=1)
+    samples: int = Field(gt=0)
+    windows: int = Field(ge=0)
+    meter: str = Field(min_length=1, description="the meter's basis (label, instrument, supply, rate, marker)")
+    label: Literal["measured", "simulated meter"]
+    measured_at: str
+
+
+OVERLAY_DIR = "overlays"
+OVERLAY_FIELDS = ("power", "calibration")
+
+
+def overlay_paths(name: str) -> list[Path]:
+    """The overlays of profile ``name`` that exist, in the order they apply."""
+    return [path for d in profile_dirs() if (path := d / OVERLAY_DIR / f"{name}.yaml").is_file()]
+
+
+def _overlaid(data: dict, name: str) -> dict:
+    for path in overlay_paths(name):
+        extra = read_mapping(path, "a profile overlay")
+        unknown = sorted(set(extra) - set(OVERLAY_FIELDS))
+        if unknown:
+            raise ConfigError(f"{path}: field {unknown[0]!r}: a profile overlay sets only {', '.join(OVERLAY_FIELDS)}")
+        if "power" in extra:
+            validate(PowerSpec, extra["power"], str(path), "power")
+        if "calibration" in extra:
+            validate(CalibrationSpec, extra["calibration"], str(path), "calibration")
+        data = {**data, **extra}
+    return data
+
+
 class DeviceProfile(_Strict):
     name: str
     kind: Literal["mcu", "linux", "local"]
@@ -95,7 +173,11 @@ class DeviceProfile(_Strict):
     ssh: SshSpec | None = None
     power: PowerSpec | None = None
     radio: str | None = None
-    meter: str | None = None
+    meter: MeterSpec | None = None
+    calibration: CalibrationSpec | None = None
+    calibrated_by: str | None = Field(default=None, description=(
+        "an emulated profile standing in for a calibrated real one: compute time = instructions x that "
+        "profile's measured cycles per instruction / its clock, energy model = its measured power"))
     source: str = Field(default="<memory>", exclude=True)
 
     @field_validator("board")
@@ -112,6 +194,15 @@ class DeviceProfile(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "DeviceProfile":
+        if self.calibrated_by is not None and not self.emulated:
+            raise FieldError("calibrated_by", "only an emulated profile stands in for a calibrated device")
+        if self.meter is not None and self.meter.simulated:
+            if not self.emulated:
+                raise FieldError("meter.simulated", "a simulated meter needs an emulated device: on a real board it "
+                                 "would pass a synthesised trace off as the board's energy; use the real meter")
+            if self.power is None:
+                raise FieldError("power", "a simulated meter synthesises its current from the 'power' section "
+                                 "(active_mw, idle_mw, source); give one")
         if self.kind == "mcu":
             if self.board is None:
                 raise FieldError("board", "an mcu profile needs 'board'")
@@ -141,10 +232,25 @@ class DeviceProfile(_Strict):
 
 
 def load_profile(path: Path) -> DeviceProfile:
-    data = read_mapping(path, "a device profile")
+    data = _overlaid(read_mapping(path, "a device profile"), Path(path).stem)
     profile = validate(DeviceProfile, {**data, "source": str(path)}, str(path))
     check_name_matches_file(profile, path)
     return profile
+
+
+def calibrated_model(profile: DeviceProfile) -> DeviceProfile:
+    """The profile whose figures model ``profile``'s energy: itself, or for an emulated stand-in
+    (``calibrated_by``) the calibrated real device, which must have a calibration with cycles per
+    instruction, a clock and power figures."""
+    if profile.calibrated_by is None:
+        return profile
+    real = get_profile(profile.calibrated_by, named_by=f"{profile.source}: field 'calibrated_by'")
+    cal = real.calibration
+    if cal is None or cal.cycles_per_instruction is None or real.clock_hz is None or real.power is None:
+        raise ConfigError(f"{profile.source}: field 'calibrated_by': device {real.name!r} ({real.source}) has no "
+                          "calibration with cycles per instruction, clock_hz and power: run `hilbench devices "
+                          f"calibrate {real.name}` with its meter first")
+    return real
 
 
 def preflight(profile: DeviceProfile) -> None:

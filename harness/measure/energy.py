@@ -1,9 +1,9 @@
 """Energy per inference: compute, radio, the raw-transmission baseline, saving and break-even.
 
 Pure arithmetic on plain figures. Every figure is an :class:`Energy` that carries its
-``basis`` ("meter": integrated from a power meter's samples; "model": power figures times a
-time) and the ``sources`` of its constants, so a report never shows a number without saying
-where it came from.
+``basis`` ("meter": integrated from a power meter's samples; "simulated meter": the same from a
+simulated meter's synthesised trace; "model": power figures times a time) and the ``sources`` of
+its constants, so a report never shows a number without saying where it came from.
 
 Compute energy from a model is gross = t x P_active and net = t x (P_active - P_idle): gross is
 what the node draws while it infers (MLPerf Tiny reports this), net is what inferring costs on
@@ -22,8 +22,9 @@ from typing import Any, Callable, Literal, Mapping
 
 from harness.core.errors import ConfigError, MeasurementError
 
-Basis = Literal["meter", "model"]
-CombinedBasis = Literal["meter", "model", "meter+model"]
+Basis = Literal["meter", "simulated meter", "model"]
+CombinedBasis = str  # a Basis, or several joined by "+" in BASES order (e.g. "meter+model")
+BASES: tuple[str, ...] = ("meter", "simulated meter", "model")
 TimeBasis = Literal["measured", "modelled"]
 
 
@@ -53,13 +54,13 @@ def _merge(*groups: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def combine_basis(*bases: str) -> CombinedBasis:
-    """The basis of a sum: "meter" or "model" if all parts share it, else "meter+model"."""
+    """The basis of a sum: the parts' common basis, or theirs joined by "+" ("meter+model")."""
     parts: set[str] = set()
     for b in bases:
         parts.update(b.split("+"))
-    if not parts or not parts <= {"meter", "model"}:
+    if not parts or not parts <= set(BASES):
         raise MeasurementError(f"unknown energy basis in {bases!r}")
-    return "meter+model" if len(parts) == 2 else parts.pop()  # type: ignore[return-value]
+    return "+".join(b for b in BASES if b in parts)
 
 
 def sum_energies(items: list[Energy]) -> Energy:
@@ -150,9 +151,11 @@ def compute_energy_model(time: ComputeTime, power: PowerFigures) -> ComputeEnerg
 
 
 def compute_energy_from_meter(gross_j: float, net_j: float, sources: tuple[str, ...],
-                              time: ComputeTime | None = None) -> ComputeEnergy:
-    """Compute energy integrated from a meter's samples (basis "meter")."""
-    return ComputeEnergy(Energy(gross_j, "meter", sources), Energy(net_j, "meter", sources), time)
+                              time: ComputeTime | None = None, basis: Basis = "meter") -> ComputeEnergy:
+    """Compute energy integrated from a meter's samples (basis "meter", or "simulated meter")."""
+    if basis == "model":
+        raise MeasurementError("energy from a meter cannot have basis 'model'")
+    return ComputeEnergy(Energy(gross_j, basis, sources), Energy(net_j, basis, sources), time)
 
 
 def radio_energy(airtime_s: float, tx_power_w: float, sources: tuple[str, ...] = ()) -> Energy:

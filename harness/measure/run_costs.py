@@ -63,7 +63,9 @@ def energy_report(*, radio: str | RadioProfile, payload_bytes: Sequence[int], ra
       active_mw, idle_mw, source) or None
       when the profile has none (compute energy is then reported as missing, radio still is).
     - ``meter``: per-node :class:`~harness.measure.meters.windows.MeterEnergy` where a meter measured
-      the node; it replaces the model for that node's compute energy.
+      the node; it replaces the model for that node's compute energy (so in the totals, the
+      saving and the break-even, whose active power is then the meter's mean power inside the
+      windows), and the model's figure stays beside it (``compute_model_uj``, ``meter_over_model``).
     - ``codes`` / ``train_codes``: per node [samples, k] integer codes of the test run and of
       the training split (the coders' models are fitted on the latter); ``bits`` is q.
     Energies are per inference, in microjoules; every energy carries its basis and sources.
@@ -88,11 +90,13 @@ def energy_report(*, radio: str | RadioProfile, payload_bytes: Sequence[int], ra
         pw = en.PowerFigures.from_spec(powers[i]) if powers[i] is not None else None
         time_i = (en.ComputeTime(float(times[i]), bases[i], assumptions[i] or bases[i])
                   if times[i] is not None else None)
-        if meters[i] is not None:
-            m = meters[i]
-            compute = en.compute_energy_from_meter(m.gross_j, m.net_j, (*m.sources, f"method: {m.method}"), time_i)
-        elif pw is not None and time_i is not None:
-            compute = en.compute_energy_model(time_i, pw)
+        modelled = en.compute_energy_model(time_i, pw) if pw is not None and time_i is not None else None
+        m = meters[i]
+        if m is not None:
+            compute = en.compute_energy_from_meter(m.gross_j, m.net_j, (*m.sources, f"method: {m.method}"), time_i,
+                                                   basis=m.basis)
+        elif modelled is not None:
+            compute = modelled
         else:
             compute = None
             missing.append(f"node {i}: compute energy needs a meter, or power figures and a compute time "
@@ -102,9 +106,13 @@ def energy_report(*, radio: str | RadioProfile, payload_bytes: Sequence[int], ra
         node = en.NodeEnergy(i, compute, radio_e, raw_e)
         nodes.append(node)
 
-        active_w = pw.active_mw * 1e-3 if pw is not None else None
+        # Active power for the break-even time: measured where a meter was (its mean power inside
+        # the windows), else the profile's figure.
+        active_w = m.active_power_w if m is not None else None
+        if active_w is None and pw is not None:
+            active_w = pw.active_mw * 1e-3
         if active_w is None and compute is not None and time_i is not None and time_i.seconds > 0:
-            active_w = compute.gross.joules / time_i.seconds  # a meter's mean power while inferring
+            active_w = compute.gross.joules / time_i.seconds
         t_star = (en.break_even_compute_time_s(raw_costs[i].energy_j, enc_costs[i].energy_j, active_w)
                   if active_w else None)
         b_star = (en.break_even_raw_bytes(lambda b: profile.cost(b).energy_j, compute.gross.joules,
@@ -121,6 +129,13 @@ def energy_report(*, radio: str | RadioProfile, payload_bytes: Sequence[int], ra
             "raw_airtime_ms": raw_costs[i].airtime_s * 1e3,
             "basis": {"compute": compute.gross.basis if compute else None, "radio": "model"},
             "break_even_compute_time_s": t_star, "break_even_raw_bytes": b_star,
+            "break_even_active_power_w": active_w,
+            # the model's figures beside a meter's, so the model's distance from the measurement shows
+            "compute_model_uj": _uj(modelled.gross if modelled else None),
+            "compute_model_net_uj": _uj(modelled.net if modelled else None),
+            "meter_over_model": (compute.gross.joules / modelled.gross.joules
+                                 if m is not None and compute is not None and modelled is not None
+                                 and modelled.gross.joules > 0 else None),
         })
 
     summary = en.summarize(nodes)

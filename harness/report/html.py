@@ -42,6 +42,36 @@ def _node_table(summaries: list[dict]) -> str:
     return _html_table(head, rows)
 
 
+def _uj(value: float | None) -> str:
+    return "" if value is None else f"{value:,.2f}"
+
+
+def _energy_table(summaries: list[dict]) -> str:
+    """Compute energy per inference and node: the figure the totals use (a meter's where one
+    measured the node, labelled measured or simulated meter) beside the model's, with the
+    meter's windows, median and spread, idle power and basis."""
+    head = ("run", "node", "device", "compute basis", "windows / inferences", "gross µJ (mean)",
+            "gross µJ median [p10, p90]", "net µJ (mean)", "idle mW", "model gross µJ", "model net µJ",
+            "meter / model", "meter basis")
+    rows = []
+    for s in summaries:
+        per_node = (s.get("energy") or {}).get("per_node") or []
+        for n, e in zip(s["nodes"], per_node):
+            m = n.get("meter")
+            gross = (m or {}).get("gross_uj") or {}
+            spread = (f"{gross['median']:,.2f} [{gross['p10']:,.2f}, {gross['p90']:,.2f}]" if "median" in gross else "")
+            ratio = e.get("meter_over_model")
+            basis = m["basis"] if m and isinstance(m["basis"], str) else "; ".join(m["basis"]) if m else ""
+            rows.append((s["run_id"], n["node"], n["device"], e["basis"]["compute"] or "missing",
+                         f"{m['windows']} / {m['inferences']}" if m else "", _uj(e.get("compute_uj")), spread,
+                         _uj(e.get("compute_net_uj")), f"{m['idle_mw']:.3f}" if m and "idle_mw" in m else "",
+                         _uj(e.get("compute_model_uj")), _uj(e.get("compute_model_net_uj")),
+                         "" if ratio is None else f"{ratio:.3f}", basis))
+    if not rows:
+        return "<p>No run has energy figures.</p>"
+    return _html_table(head, rows)
+
+
 def _layer_table(summaries: list[dict]) -> str:
     """The per-layer profile of every node that has one: each stage's MACs and device count."""
     head = ("run", "node", "device", "stage", "MACs", "count", "unit", "per MAC", "share")
@@ -121,6 +151,10 @@ def write_report(store: ResultsStore, run_ids: list[str] | None, out: Path) -> P
              bits_and_bytes(summaries, out), energy_per_inference(summaries, out)]
     page = _page("hilbench report", f"<p>Database: {html.escape(str(store.path))}. Runs: {len(summaries)}.</p>",
                  ["<h2>Runs</h2>", _run_table(summaries), "<h2>Nodes</h2>", _node_table(summaries),
+                  "<h2>Compute energy per inference: meter beside model</h2><p>Where a meter measured a node, "
+                  "its figure (basis 'meter', or 'simulated meter' for a simulator fed a synthesised trace) is "
+                  "the one the totals, savings and break-even use; the model's (active power x compute time) "
+                  "stays beside it.</p>", _energy_table(summaries),
                   "<h2>Per-layer profile (one inference per node deployment; emulated counts are "
                   "instructions, not cycles)</h2>", _layer_table(summaries),
                   "<h2>Run summaries (JSON)</h2><pre>" + html.escape(json.dumps(summaries, indent=1)) + "</pre>"],

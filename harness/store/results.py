@@ -3,7 +3,10 @@
 Tables: ``runs`` (what ran, on what, with which versions), ``nodes`` (per run and node: device,
 firmware footprint, HELLO), ``inferences`` (per run, node and sample: the device's figures and
 code bytes, the golden code, bit-exactness), ``predictions`` (per run and sample: the gateway's
-prediction from the device codes, the golden prediction, the label). Keys make every
+prediction from the device codes, the golden prediction, the label), ``meter_sessions`` (per run,
+node and session: the meter that recorded the node, its basis, windows, idle power, energy per
+inference, the raw-samples file) and ``energy_windows`` (per session and window: the sample it
+belongs to, its time and duration on the meter's clock, gross and net energy). Keys make every
 (run, node, sample) row unique and writes use ``INSERT OR IGNORE`` in committed batches, so a
 killed run keeps what it finished and a resumed run never duplicates a row.
 """
@@ -71,6 +74,28 @@ CREATE TABLE IF NOT EXISTS study_points (
     wall_s REAL, updated_at REAL,
     PRIMARY KEY (study, point_key)
 );
+CREATE TABLE IF NOT EXISTS meter_sessions (
+    run_id TEXT NOT NULL, node INTEGER NOT NULL, session INTEGER NOT NULL,  -- one per meter start
+    device TEXT NOT NULL, meter TEXT NOT NULL,
+    basis TEXT NOT NULL,            -- "measured: ..." or "simulated meter: ..." (instrument, supply, rate, windows)
+    simulated INTEGER NOT NULL, windows_by TEXT NOT NULL,   -- marker | timestamps
+    rate_hz REAL, trace_samples INTEGER, windows INTEGER, inferences INTEGER,
+    gross_j REAL, net_j REAL,       -- per inference, the session's mean
+    idle_w REAL, idle_source TEXT, window_s REAL, method TEXT,
+    clock_offset_s REAL, uncertainty_s REAL,
+    raw_path TEXT,                  -- the raw samples (.npz), relative to the database's directory
+    status TEXT NOT NULL,           -- complete | failed
+    error TEXT, sources TEXT,       -- sources: JSON list
+    started_at REAL, stopped_at REAL,
+    PRIMARY KEY (run_id, node, session)
+);
+CREATE TABLE IF NOT EXISTS energy_windows (
+    run_id TEXT NOT NULL, node INTEGER NOT NULL, session INTEGER NOT NULL, window INTEGER NOT NULL,
+    sample INTEGER,                 -- the test sample, when windows and inferences pair up one to one
+    start_s REAL, duration_s REAL,  -- on the meter's clock
+    gross_j REAL, net_j REAL,
+    PRIMARY KEY (run_id, node, session, window)
+);
 CREATE TABLE IF NOT EXISTS predictions (
     run_id TEXT NOT NULL, sample INTEGER NOT NULL, label INTEGER NOT NULL,
     prediction INTEGER NOT NULL, golden_prediction INTEGER NOT NULL,
@@ -115,7 +140,54 @@ class PredictionRow(TypedDict):
     gateway_ns: float | None
 
 
+class MeterSessionRow(TypedDict):
+    """One meter's recording of one node over one run session (table ``meter_sessions``)."""
+
+    run_id: str
+    node: int
+    session: int
+    device: str
+    meter: str
+    basis: str
+    simulated: int
+    windows_by: str
+    rate_hz: float | None
+    trace_samples: int | None
+    windows: int | None
+    inferences: int
+    gross_j: float | None
+    net_j: float | None
+    idle_w: float | None
+    idle_source: str | None
+    window_s: float | None
+    method: str | None
+    clock_offset_s: float | None
+    uncertainty_s: float | None
+    raw_path: str | None
+    status: str
+    error: str | None
+    sources: str
+    started_at: float
+    stopped_at: float
+
+
+class EnergyWindowRow(TypedDict):
+    """One inference window of a meter session (table ``energy_windows``)."""
+
+    run_id: str
+    node: int
+    session: int
+    window: int
+    sample: int | None
+    start_s: float | None
+    duration_s: float
+    gross_j: float
+    net_j: float
+
+
 INFERENCE_COLUMNS = tuple(InferenceRow.__annotations__)
+METER_SESSION_COLUMNS = tuple(MeterSessionRow.__annotations__)
+ENERGY_WINDOW_COLUMNS = tuple(EnergyWindowRow.__annotations__)
 PREDICTION_COLUMNS = tuple(PredictionRow.__annotations__)
 
 
@@ -211,6 +283,24 @@ class ResultsStore:
     def add_predictions(self, rows: Iterable[PredictionRow]) -> int:
         return self._insert("predictions", PREDICTION_COLUMNS, rows)
 
+    def next_meter_session(self, run_id: str, node: int) -> int:
+        """The number of the node's next meter session in the run (0 for the first)."""
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT MAX(session) FROM meter_sessions WHERE run_id = ? AND node = ?",
+                              (run_id, node)).fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def add_meter_session(self, session: Mapping[str, Any], windows: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Store a meter session (the columns of :class:`MeterSessionRow`) and its windows
+        (:class:`EnergyWindowRow`) in one transaction."""
+        with closing(self._connect()) as con, con:
+            con.execute(f"INSERT OR REPLACE INTO meter_sessions ({', '.join(METER_SESSION_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * len(METER_SESSION_COLUMNS))})",
+                        tuple(session[c] for c in METER_SESSION_COLUMNS))
+            con.executemany(f"INSERT OR REPLACE INTO energy_windows ({', '.join(ENERGY_WINDOW_COLUMNS)}) "
+                            f"VALUES ({', '.join('?' * len(ENERGY_WINDOW_COLUMNS))})",
+                            [tuple(w[c] for c in ENERGY_WINDOW_COLUMNS) for w in windows])
+
     def put_study_points(self, study: str, points: Iterable[tuple[int, str, str, Mapping[str, Any]]]) -> None:
         """Register a study's points (position, key, label, overrides); known points keep their
         status and figures, so a rerun continues where the last one stopped."""
@@ -279,6 +369,18 @@ class ResultsStore:
 
     def nodes(self, run_id: str) -> pd.DataFrame:
         return self._frame("SELECT * FROM nodes WHERE run_id = ? ORDER BY node", (run_id,))
+
+    def meter_sessions(self, run_id: str) -> pd.DataFrame:
+        """Every meter session of the run, by node and session."""
+        return self._frame("SELECT * FROM meter_sessions WHERE run_id = ? ORDER BY node, session", (run_id,))
+
+    def energy_windows(self, run_id: str) -> pd.DataFrame:
+        """Every metered inference window of the run, by node, session and window."""
+        return self._frame("SELECT * FROM energy_windows WHERE run_id = ? ORDER BY node, session, window", (run_id,))
+
+    def raw_dir(self, run_id: str) -> Path:
+        """Where a run's raw meter samples go: ``meter/<run_id>/`` next to the database."""
+        return self.path.parent / "meter" / run_id
 
     def layers(self, run_id: str) -> pd.DataFrame:
         """The per-layer profile of each node of ``run_id`` (nodes that report one): node, device,

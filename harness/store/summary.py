@@ -5,7 +5,10 @@ bitexact_rate, bits_per_inference, payload_bytes_per_inference, raw_bits_per_inf
 wire_bytes_per_inference, emulated, gateway, nodes [{node, device, emulated, latency {p50, p90,
 p99, mean, unit, basis}, host_round_trip_ms {p50, p90, p99}, instructions_per_inference,
 cycles_per_inference, macs_per_inference, flash_bytes, ram_bytes, stack_bytes, retries, layers,
-model_costs (LSTM encoders), info}].
+model_costs (LSTM encoders), meter (where a meter measured the node: basis, windows, inferences,
+gross_uj and net_uj per inference with median and spread, idle power, raw-sample files; see
+harness.measure.metering.node_meter_energy), info}]; with profiles also energy, radio and bits
+(harness.measure.run_costs), whose compute energy is the meter's where one measured the node.
 Computed from stored rows, so a resumed run summarises everything it holds.
 """
 from __future__ import annotations
@@ -17,8 +20,10 @@ import numpy as np
 import pandas as pd
 
 from harness.measure.energy import ComputeTime
+from harness.measure.metering import node_meter_energy
+from harness.measure.meters.windows import MeterEnergy
 from harness.core.errors import MeasurementError
-from harness.config.profiles import DeviceProfile
+from harness.config.profiles import DeviceProfile, calibrated_model
 from harness.store.results import ResultsStore, stored_codes
 from harness.measure.run_costs import energy_report
 from harness.measure.stats import distribution
@@ -60,6 +65,7 @@ class NodeSummary(TypedDict):
     retries: int
     layers: list[dict[str, Any]] | None
     model_costs: dict[str, int] | None  # LSTM encoders: MACs, multiplies, table lookups, bytes (intlstm.LstmCosts)
+    meter: dict[str, Any] | None  # measured (or simulated-meter) energy per inference, where a meter was
     info: dict[str, Any]
 
 
@@ -121,8 +127,18 @@ def _mean_of_unit(rows, unit: str) -> float | None:
 
 def node_compute_time(node: NodeSummary, profile: DeviceProfile) -> ComputeTime:
     """Per-inference compute time of a node and its basis: a real timer's mean is measured; an
-    emulator's instruction count becomes a modelled time at the profile's clock."""
+    emulator's instruction count becomes a modelled time at the profile's clock (one cycle per
+    instruction), or for a stand-in of a calibrated device (``calibrated_by``) at that device's
+    clock and measured cycles per instruction."""
     lat = node["latency"]
+    model = calibrated_model(profile)
+    if lat["unit"] == "instructions" and model is not profile:
+        cal = model.calibration
+        assert cal is not None and cal.cycles_per_instruction is not None and model.clock_hz is not None
+        return ComputeTime.from_instructions(
+            lat["mean"], model.clock_hz, cal.cycles_per_instruction,
+            origin=f"{lat['basis']} on {node['device']}; cycles per instruction {cal.label} on {model.name} "
+                   f"({cal.measured_at}, against {cal.against}, workload {cal.workload})")
     if lat["unit"] == "instructions":
         clock = profile.clock_hz or node["info"].get("clock_hz")
         if clock is None:
@@ -133,7 +149,7 @@ def node_compute_time(node: NodeSummary, profile: DeviceProfile) -> ComputeTime:
 
 
 def cost_blocks(summary: RunSummary, inf: pd.DataFrame, manifest: Manifest, profiles: dict[str, DeviceProfile],
-                train_codes: Sequence[np.ndarray] | None) -> dict:
+                train_codes: Sequence[np.ndarray] | None, meters: Sequence[MeterEnergy | None] | None = None) -> dict:
     """The energy, radio and bits blocks (see harness.measure.run_costs) for a summarised run."""
     nodes = summary["nodes"]
     node_profiles = [profiles[n["device"]] for n in nodes]
@@ -146,8 +162,8 @@ def cost_blocks(summary: RunSummary, inf: pd.DataFrame, manifest: Manifest, prof
         radio=radios.pop(), payload_bytes=[m["payload_bytes"] for m in manifest["nodes"]],
         raw_bytes=[m["view_shape"][0] * m["view_shape"][1] for m in manifest["nodes"]],
         compute_time_s=[t.seconds for t in times], time_basis=[t.basis for t in times],
-        time_assumption=[t.assumption for t in times], power=[p.power for p in node_profiles],
-        codes=codes, train_codes=train_codes, bits=int(manifest["nodes"][0]["code_bits"]))
+        time_assumption=[t.assumption for t in times], power=[calibrated_model(p).power for p in node_profiles],
+        meter=list(meters) if meters is not None else None, codes=codes, train_codes=train_codes, bits=int(manifest["nodes"][0]["code_bits"]))
 
 
 def summarize_run(store: ResultsStore, run_id: str, manifest: Manifest,
@@ -159,6 +175,8 @@ def summarize_run(store: ResultsStore, run_id: str, manifest: Manifest,
     if pred.empty:
         raise MeasurementError(f"run {run_id} has no predictions yet")
     samples = len(pred)
+    sessions, windows = store.meter_sessions(run_id), store.energy_windows(run_id)
+    metered = {int(node): node_meter_energy(sessions, windows, int(node)) for node in nodes.node}
     node_rows: list[NodeSummary] = []
     for _, n in nodes.iterrows():
         rows = inf[inf.node == n.node]
@@ -182,6 +200,7 @@ def summarize_run(store: ResultsStore, run_id: str, manifest: Manifest,
             "retries": int((rows["attempts"].fillna(1) - 1).sum()),
             "layers": layers,  # per stage: MACs, instructions or cycles, per MAC (microcontrollers)
             "model_costs": manifest["nodes"][int(n.node)].get("costs"),
+            "meter": None if (m := metered[int(n.node)]) is None else m[1],
             "info": info,
         })
     wire = (inf["wire_bytes_sent"].fillna(0) + inf["wire_bytes_received"].fillna(0)).sum()
@@ -204,7 +223,8 @@ def summarize_run(store: ResultsStore, run_id: str, manifest: Manifest,
     summary["link"] = link_totals(node_rows, expected_rows=samples * len(node_rows),
                                   rows=len(inf), rows_not_bitexact=int((inf.bitexact == 0).sum()))
     if profiles is not None:
-        blocks = cost_blocks(summary, inf, manifest, profiles, train_codes)
+        meters = [None if (m := metered[node["node"]]) is None else m[0] for node in node_rows]  # None: the model
+        blocks = cost_blocks(summary, inf, manifest, profiles, train_codes, meters)
         summary["energy"], summary["radio"], summary["bits"] = blocks["energy"], blocks["radio"], blocks["bits"]
         summary["entropy_bits_per_inference"] = blocks["entropy_bits_per_inference"]
         summary["coded_bits_per_inference"] = blocks["coded_bits_per_inference"]

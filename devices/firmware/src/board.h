@@ -17,7 +17,7 @@
 #define HIL_TIMER_KIND_SYSTICK 0u
 #define HIL_TIMER_KIND_DWT     1u
 
-/* Clocks and UART; called once, first thing in main(). */
+/* Clocks, UART and the marker pin (driven low); called once, first thing in main(). */
 void board_init(void);
 /* Blocking write of one byte. */
 void board_uart_putc(uint8_t byte);
@@ -38,6 +38,13 @@ void board_timer_start(void);
 uint64_t board_timer_read(void);
 /* Stop the counter until the next start (a running SysTick would wake the idle core). */
 void board_timer_stop(void);
+/* The energy-window marker: a GPIO output a power meter records with its samples (PPK2 logic
+ * input, Joulescope GPI). main.c raises it right before each inference is timed and lowers it
+ * right after, so the meter's samples between the edges are that inference's energy. Each board
+ * lists its pin in harness/config/boards.py (BoardDescription.marker); the emulated boards drive
+ * the same register writes into QEMU, which has no GPIO model there (the writes are ignored). */
+void board_marker(int high);
+
 /* Tick rate in Hz. */
 uint32_t board_timer_hz(void);
 /* HIL_TIMER_KIND_SYSTICK or HIL_TIMER_KIND_DWT. */

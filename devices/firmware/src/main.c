@@ -6,16 +6,24 @@
  *   HIL_MAX_INPUT_BYTES   largest INFER payload the receive buffer holds (default 4096)
  *   HIL_MAX_CODE_BYTES    largest packed code of one sample (default 256)
  *   HIL_MAX_BATCH         most samples one INFER frame may carry (default 16)
+ *   HIL_MARKER_GAP_US     least time the marker stays low between two inferences (default 50)
  *
  * An INFER frame carries one or more inputs back to back; each is encoded and timed on its own,
  * and one INFER_RESULT returns every sample's ticks and code, so the link's framing, CRC and
  * round trip are paid once per batch rather than once per sample.
+ *
+ * Energy windows: the board's marker pin (board_marker) is high while each INFER sample is
+ * encoded and timed, and low otherwise (also during PROFILE, which is not a benchmarked
+ * inference). Between two samples of a batch it stays low for HIL_MARKER_GAP_US, so a meter
+ * sampling at 100 kS/s (PPK2) sees 5 low samples and never merges two windows. The marker and
+ * the gap lie outside the timed code: the ticks are the same with or without a meter.
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "board.h"
+#include "cortexm/cortexm.h"
 #include "hil_model.h"
 #include "protocol.h"
 
@@ -30,6 +38,9 @@
 #endif
 #ifndef HIL_MAX_BATCH
 #define HIL_MAX_BATCH 16
+#endif
+#ifndef HIL_MARKER_GAP_US
+#define HIL_MARKER_GAP_US 50u
 #endif
 #if HIL_MAX_BATCH < 1 || HIL_MAX_BATCH > 255
 #error "HIL_MAX_BATCH must be 1..255 (it travels as a byte)"
@@ -120,11 +131,16 @@ static void handle_infer(const hil_frame_t *req)
 
     uint8_t *p = hil_put_u8(ticks_buffer, (uint8_t)count);
     for (size_t i = 0; i < count; i++) {
+        if (i > 0) {
+            hil_delay_cycles(board_clock_hz() / 1000000u * HIL_MARKER_GAP_US);
+        }
         /* The ticks include a few instructions of timer start/read and call overhead. */
+        board_marker(1);
         board_timer_start();
         int status = hil_model_encode(req->payload + i * input_len, code_buffer + i * m->code_bytes);
         uint64_t ticks = board_timer_read();
         board_timer_stop();
+        board_marker(0);
         if (status != 0) {
             hil_send_error(req->seq, HIL_ERR_MODEL_FAILED, "hil_model_encode failed");
             return;

@@ -21,12 +21,16 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 import numpy as np
 
 from harness.core.errors import ConfigError, DeviceError, MeasurementError
-from harness.measure.meters import METERS, Meter, Trace
+from harness.measure.meters import METERS, Meter, SpecError, Trace
+
+if TYPE_CHECKING:
+    from harness.config.profiles import DeviceProfile, MeterSpec
+    from harness.transports.ssh import SshConnection
 
 HEADER = "# hilbench-ina219 1"
 
@@ -138,12 +142,121 @@ class LocalCommandRunner:
         return _LocalProcess(argv)
 
 
+class _SshProcess:
+    """A command on a Linux device over SSH, its output as lines (asyncssh, text mode)."""
+
+    def __init__(self, runner: "SshCommandRunner", argv: list[str]) -> None:
+        from harness.transports.ssh import command_line
+
+        self._runner = runner
+        self._line = command_line(argv)
+        conn = runner.connection
+        assert conn is not None
+
+        async def _start():
+            return await conn._require()[1].create_process(self._line)
+
+        try:
+            self._process = conn.submit(_start())
+        except Exception as exc:  # asyncssh.Error, OSError
+            raise DeviceError(f"ina219: cannot start the poller on {runner.profile.name}: {exc}") from exc
+
+    def lines(self) -> Iterator[str]:
+        conn = self._runner.connection
+        assert conn is not None
+        while True:
+            try:
+                line = conn.submit(self._process.stdout.readline())
+            except Exception:  # the channel closed
+                return
+            if not line:
+                return
+            yield line
+
+    def stop(self) -> str:
+        conn = self._runner.connection
+        assert conn is not None
+
+        async def _stop() -> str:
+            self._process.terminate()
+            self._process.close()
+            try:
+                return await self._process.stderr.read()
+            except Exception:
+                return ""
+
+        try:
+            return conn.submit(_stop())
+        finally:
+            self._runner.close()
+
+
+class SshCommandRunner:
+    """Runs the poller on a Linux device profile's SSH login (its ``ssh`` section, host key
+    verified as for the device itself)."""
+
+    def __init__(self, profile: "DeviceProfile") -> None:
+        if profile.ssh is None:
+            raise ConfigError(f"{profile.source}: field 'ssh': the INA219 is polled over SSH, and device "
+                              f"{profile.name!r} has no ssh section")
+        self.profile = profile
+        self.connection: SshConnection | None = None
+
+    def start(self, argv: list[str]) -> RunningCommand:
+        from pathlib import Path
+
+        from harness.transports.ssh import SshConnection, SshEndpoint
+
+        spec = self.profile.ssh
+        assert spec is not None
+        endpoint = SshEndpoint(
+            device=self.profile.name, host=spec.host, port=spec.port, user=spec.user,
+            key=Path(spec.key).expanduser() if spec.key else None,
+            known_hosts=Path(spec.known_hosts).expanduser() if spec.known_hosts else None,
+            host_key=spec.host_key, verify_host_key=spec.verify_host_key, connect_timeout_s=spec.connect_timeout_s)
+        self.connection = SshConnection(endpoint)
+        self.connection.connect()
+        return _SshProcess(self, argv)
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
 @METERS.register
 class INA219Meter(Meter):
     """Polls an INA219 through ``runner`` (an SSH session to the device, or local)."""
 
     name = "ina219-ssh"
     nominal_rate_hz = None
+    logic_inputs = 1  # the marker column: a GPIO value file on the polling device (options.marker_path)
+    input_name = "marker column"
+    spec_fields = frozenset({"via"})
+
+    @classmethod
+    def spec_errors(cls, spec: "MeterSpec", profile: "DeviceProfile") -> list[SpecError]:
+        errors = super().spec_errors(spec, profile)
+        if spec.via is None:
+            errors.append(("via", "say where the INA219 is polled: 'local' (this machine) or a linux device "
+                                  "profile whose SSH login reaches it"))
+        if spec.windows == "marker" and not spec.options.get("marker_path"):
+            errors.append(("options", "windows 'marker' needs options.marker_path: the polling device's GPIO value "
+                                      "file wired to the board's marker (e.g. /sys/class/gpio/gpio17/value)"))
+        return errors
+
+    @classmethod
+    def from_spec(cls, spec: "MeterSpec", profile: "DeviceProfile") -> "INA219Meter":
+        if spec.via == "local":
+            return cls(LocalCommandRunner(), **spec.options)
+        from harness.config.profiles import get_profile
+
+        assert spec.via is not None
+        return cls(SshCommandRunner(get_profile(spec.via, named_by=f"{profile.source}: field 'meter.via'")),
+                   **spec.options)
+
+    def describe(self) -> str:
+        return f"INA219 polled with pi-ina219 ({self.argv[4]} ohm shunt)"
 
     def __init__(self, runner: CommandRunner, shunt_ohms: float = 0.1, max_expected_amps: float | None = None,
                  address: int = 0x40, busnum: int | None = None, period_s: float = 0.0,

@@ -15,13 +15,20 @@ recorder into a trace, so a capture made elsewhere can be aligned and integrated
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness.core.errors import ConfigError, DeviceError, MeasurementError
-from harness.measure.meters import METERS, Meter, Trace
+from harness.measure.meters import METERS, Meter, SpecError, Trace
+
+if TYPE_CHECKING:
+    from harness.config.profiles import DeviceProfile, MeterSpec
+
+SAMPLING_FREQUENCIES = (1_000_000, 500_000, 200_000, 100_000, 50_000, 20_000, 10_000, 5_000, 2_000, 1_000)
+"""The JS110/JS220 ``sampling_frequency`` settings (joulescope package, device parameters)."""
 
 _FIELDS = ["current", "voltage", "current_lsb", "voltage_lsb"]  # current_lsb = GPI0, voltage_lsb = GPI1
 
@@ -41,6 +48,7 @@ class StreamCollector:
         self._next: int | None = None
         self._first: int | None = None
         self._chunks: dict[str, list[np.ndarray]] = {f: [] for f in _FIELDS}
+        self._offsets: list[float] = []  # host monotonic at a notification - meter time of its last sample
         self.dropped = 0
         self.rate_hz: float | None = None
 
@@ -59,8 +67,11 @@ class StreamCollector:
             if end <= begin:
                 return False
             self.dropped += begin - self._next
+            received_at = time.monotonic()
             data = stream_buffer.samples_get(begin, end, fields=_FIELDS)
             self.rate_hz = float(data["time"]["output_sampling_frequency"]["value"])
+            assert self._first is not None
+            self._offsets.append(received_at - (end - 1 - self._first) / self.rate_hz)
             for f in _FIELDS:
                 self._chunks[f].append(np.array(data["signals"][f]["value"], copy=True))
             self._next = end
@@ -79,12 +90,16 @@ class StreamCollector:
             cols = {f: np.concatenate(self._chunks[f]) if self._chunks[f] else np.empty(0) for f in _FIELDS}
             n = len(cols["current"])
             logic = (cols["current_lsb"].astype(np.uint8) & 1) | ((cols["voltage_lsb"].astype(np.uint8) & 1) << 1)
+            offsets = np.asarray(self._offsets)
+            clock = ({"host_minus_meter_s": float(offsets.min()),
+                      "clock_offset_uncertainty_s": float(np.percentile(offsets, 95) - offsets.min())}
+                     if offsets.size else {})
             return Trace(meter="joulescope", t_s=np.arange(n) / self.rate_hz,
                          current_a=cols["current"].astype(np.float64), voltage_v=cols["voltage"].astype(np.float64),
                          rate_hz=self.rate_hz, logic=logic,
                          sources=(f"Joulescope via joulescope package, {self.rate_hz:g} samples/s, "
                                   "calibrated current and voltage", *sources),
-                         meta={"first_sample_id": self._first})
+                         meta={"first_sample_id": self._first, **clock})
 
 
 @METERS.register
@@ -93,6 +108,26 @@ class JoulescopeMeter(Meter):
 
     name = "joulescope"
     nominal_rate_hz = 1_000_000.0
+    logic_inputs = 2  # GPI0, GPI1
+    input_name = "GPI{}"
+    spec_fields = frozenset({"serial_number", "sample_rate_hz"})
+
+    @classmethod
+    def spec_errors(cls, spec: "MeterSpec", profile: "DeviceProfile") -> list[SpecError]:
+        errors = super().spec_errors(spec, profile)
+        if spec.sample_rate_hz is not None and spec.sample_rate_hz not in SAMPLING_FREQUENCIES:
+            errors.append(("sample_rate_hz", f"a Joulescope samples at one of {list(SAMPLING_FREQUENCIES)} per second, "
+                                             f"not {spec.sample_rate_hz:g}"))
+        return errors
+
+    @classmethod
+    def from_spec(cls, spec: "MeterSpec", profile: "DeviceProfile") -> "JoulescopeMeter":
+        rate = int(spec.sample_rate_hz) if spec.sample_rate_hz is not None else 1_000_000
+        return cls(serial_number=spec.serial_number, sampling_frequency=rate, **spec.options)
+
+    def describe(self) -> str:
+        which = f" {self.serial_number}" if self.serial_number else ""
+        return f"Joulescope{which}, {self.sampling_frequency / 1000:g} kS/s, its own voltage and current"
 
     def __init__(self, serial_number: str | None = None, sampling_frequency: int = 1_000_000,
                  buffer_duration_s: float = 30.0) -> None:

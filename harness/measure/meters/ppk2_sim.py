@@ -13,17 +13,31 @@ Protocol (as implemented by ppk2-api 0.9 after Nordic's nRF Connect Power Profil
 - a sample: uint32 little endian; bits 0-13 ADC value, 14-16 current range, 24-31 logic inputs.
   The current is ``adc * 4 * (1.8 / 163840) / R[range]`` amperes with unit gains and zero
   offsets, which this simulator's metadata declares.
+
+Two ways to serve samples: a recording given up front (streamed once the host starts measuring),
+or live (``live=True``): samples are appended with :meth:`PPK2Simulator.feed` while the host
+measures, and streamed as they come. :class:`SimulatedPPK2Meter` is a meter made of a live
+simulator and the real :class:`~harness.measure.meters.ppk2.PPK2Meter` reading it: a run on an
+emulated board feeds it the trace :mod:`harness.measure.meters.synth` draws from the board's
+inference windows. Closing the simulator hangs up the pseudo-terminal, as unplugging a PPK2 does.
 """
 from __future__ import annotations
 
 import os
 import select
 import threading
+import time
 import tty
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harness.core.errors import MeasurementError
+from harness.measure.meters import Meter, Trace
+
+if TYPE_CHECKING:
+    from harness.measure.meters.ppk2 import PPK2Meter
 
 ADC_MULT = 1.8 / 163840
 SHUNT_OHMS = {0: 1031.64, 1: 101.65, 2: 10.15, 3: 0.94, 4: 0.043}
@@ -37,6 +51,11 @@ def range_max_current_a(current_range: int) -> float:
 def current_lsb_a(current_range: int) -> float:
     """Resolution of one ADC step in a range (4.33 uA in range 2)."""
     return 4 * ADC_MULT / SHUNT_OHMS[current_range]
+
+
+def range_for(current_a: float) -> int:
+    """The most sensitive range that holds ``current_a`` (range 4 for anything larger)."""
+    return next((r for r in (0, 1, 2, 3) if current_a <= range_max_current_a(r)), 4)
 
 
 def encode_samples(current_a: np.ndarray, logic: np.ndarray | None = None,
@@ -71,15 +90,19 @@ def metadata_text() -> str:
 
 
 class PPK2Simulator:
-    """Serves recorded samples on a pseudo-terminal once the host sends AVERAGE_START.
+    """Serves samples on a pseudo-terminal once the host sends AVERAGE_START.
 
     ``port`` is the path to open. ``chunk_samples`` samples are written per write; the stream
-    stops at AVERAGE_STOP or when the recording is exhausted (``wait_sent``)."""
+    stops at AVERAGE_STOP, or when the recording is exhausted (``wait_sent``); a ``live``
+    simulator waits for more samples (:meth:`feed`) instead."""
 
-    def __init__(self, samples: bytes, chunk_samples: int = 1000) -> None:
+    def __init__(self, samples: bytes = b"", chunk_samples: int = 1000, live: bool = False) -> None:
         if len(samples) % 4:
             raise MeasurementError("PPK2 samples are 4 bytes each")
-        self._samples = samples
+        self._samples = bytearray(samples)
+        self._live = live
+        self._fed = threading.Condition()
+        self._offset = 0  # bytes written to the port so far
         self._chunk = chunk_samples * 4
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
@@ -107,12 +130,30 @@ class PPK2Simulator:
                     return
                 view = view[n:]
 
+    def feed(self, samples: bytes) -> None:
+        """Append sample words to a live simulator's stream."""
+        if not self._live:
+            raise MeasurementError("feed() needs a live simulator (PPK2Simulator(live=True))")
+        if len(samples) % 4:
+            raise MeasurementError("PPK2 samples are 4 bytes each")
+        with self._fed:
+            self._samples += samples
+            self._sent.clear()
+            self._fed.notify_all()
+
     def _stream(self) -> None:
-        for offset in range(0, len(self._samples), self._chunk):
-            if not self._streaming.is_set() or self._closed.is_set():
-                return
-            self._write(self._samples[offset:offset + self._chunk])
-        self._sent.set()
+        while self._streaming.is_set() and not self._closed.is_set():
+            with self._fed:
+                if self._offset >= len(self._samples):
+                    self._sent.set()
+                    if not self._live:
+                        return
+                    self._fed.wait(0.05)
+                    continue
+                chunk = bytes(self._samples[self._offset:self._offset + self._chunk])
+            self._write(chunk)
+            with self._fed:
+                self._offset += len(chunk)
 
     def _handle(self, command: bytes) -> None:
         self.commands.append(command)
@@ -120,6 +161,8 @@ class PPK2Simulator:
         if opcode == 0x19:
             self._write(metadata_text().encode())
         elif opcode == 0x06 and not self._streaming.is_set():
+            if not self._live:
+                self._offset = 0  # a recording plays from its start at every AVERAGE_START
             self._streaming.set()
             self._writer = threading.Thread(target=self._stream, name="ppk2-sim-stream", daemon=True)
             self._writer.start()
@@ -146,12 +189,15 @@ class PPK2Simulator:
                 pending = pending[length:]
 
     def wait_sent(self, timeout: float = 10.0) -> bool:
-        """Wait until every recorded sample has been written to the port."""
+        """Wait until every sample recorded or fed so far has been written to the port."""
         return self._sent.wait(timeout)
 
     def close(self) -> None:
+        """Stop serving and close both ends: the host's port hangs up (reads fail with EIO)."""
         self._closed.set()
         self._streaming.clear()
+        with self._fed:
+            self._fed.notify_all()
         self._reader.join()
         if self._writer is not None:
             self._writer.join()
@@ -166,3 +212,61 @@ class PPK2Simulator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SimulatedPPK2Meter(Meter):
+    """A PPK2 stand-in for emulated boards: a live :class:`PPK2Simulator` read by the real
+    :class:`~harness.measure.meters.ppk2.PPK2Meter` (so ``ppk2-api`` decodes every sample), fed
+    currents and marker bits with :meth:`feed`. Currents are encoded in one fixed range (the
+    most sensitive that holds ``max_current_a``), so the PPK2's auto-range spike filter never
+    touches them. Its traces and figures say "simulated meter"."""
+
+    name = "ppk2"
+    nominal_rate_hz = 100_000.0
+    logic_inputs = 8
+    input_name = "D{}"
+    simulated = True
+
+    def __init__(self, voltage_mv: int, max_current_a: float, mode: str = "source", synthesis: str = "") -> None:
+        from harness.measure.meters.ppk2 import PPK2Meter
+
+        self.voltage_mv, self.mode, self.synthesis = voltage_mv, mode, synthesis
+        self.current_range = range_for(max_current_a)
+        self.simulator = PPK2Simulator(live=True)
+        self.meter: PPK2Meter = PPK2Meter(self.simulator.port, voltage_mv=voltage_mv, mode=mode,
+                                          stall_timeout_s=None)  # silent between batches: fed, not clocked
+        self._fed = 0
+
+    def describe(self) -> str:
+        return (f"simulated meter: PPK2 protocol simulator on a pseudo-terminal, read through ppk2-api "
+                f"({self.mode} meter {self.voltage_mv / 1000:g} V, {self.nominal_rate_hz / 1000:g} kS/s, "
+                f"current range {self.current_range})")
+
+    def feed(self, current_a: np.ndarray, logic: np.ndarray) -> None:
+        self.simulator.feed(encode_samples(current_a, logic, current_range=self.current_range))
+        self._fed += len(current_a)
+
+    def start(self) -> None:
+        self.meter.start()
+
+    def check(self) -> None:
+        self.meter.check()
+
+    def stop(self, timeout_s: float = 30.0) -> Trace:
+        """Wait until every fed sample has come through ppk2-api, then stop the meter."""
+        deadline = time.monotonic() + timeout_s
+        while self.meter.samples_received() < self._fed:
+            self.meter.check()
+            if time.monotonic() > deadline:
+                raise MeasurementError(f"simulated PPK2: {self.meter.samples_received()} of {self._fed} fed samples "
+                                       f"arrived within {timeout_s:g} s")
+            time.sleep(0.005)
+        trace = self.meter.stop()
+        return replace(trace, sources=(self.describe(), *((self.synthesis,) if self.synthesis else ()), *trace.sources),
+                       meta={**trace.meta, "simulated": True})
+
+    def close(self) -> None:
+        try:
+            self.meter.close()
+        finally:
+            self.simulator.close()

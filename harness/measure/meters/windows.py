@@ -4,7 +4,11 @@ Two ways to find the windows:
 - a GPIO marker: the firmware raises a pin for the duration of each inference and the meter
   samples that pin with the current (PPK2 logic inputs D0-D7, Joulescope GPI); each run of high
   samples is one inference;
-- timestamps: the harness knows when each inference started and ended, on the meter's clock.
+- timestamps: the harness knows when each request went out and its reply came back on its own
+  clock, and the driver measured the offset to the meter's clock (:func:`span_energy`): each
+  span, widened by the offset's uncertainty, holds the device's inferences and some link time;
+  the span's energy minus idle power for the time that is not compute is the compute energy,
+  split among the span's inferences by their device times.
 
 Energy of a window: each sample's power held for the time it stands for (zero-order hold): 1/rate
 for a fixed-rate meter (the sum of P / rate, as MLPerf Tiny's energy runner sums its samples), the
@@ -20,6 +24,7 @@ inferences (the MLPerf Tiny method), with the idle time between windows charged 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -103,7 +108,10 @@ def idle_power_w(trace: Trace, windows: list[Window], guard: int = 2) -> float:
 @dataclass(frozen=True)
 class MeterEnergy:
     """Energy per inference from a meter: means, and the per-inference values when the meter's
-    rate resolves each window (``per_inference_gross_j`` is None otherwise)."""
+    rate resolves each window (``per_inference_gross_j`` is None otherwise). ``basis`` is
+    "meter", or "simulated meter" for a simulator's trace; ``window_s`` is the mean window
+    duration (the time the gross energy was drawn in); ``uncertainty_s`` how far a window's
+    edges may be off (timestamps; None for a marker)."""
 
     meter: str
     inferences: int
@@ -116,6 +124,13 @@ class MeterEnergy:
     per_inference_net_j: np.ndarray | None
     sources: tuple[str, ...]
     basis: str = "meter"
+    window_s: float | None = None
+    uncertainty_s: float | None = None
+
+    @property
+    def active_power_w(self) -> float | None:
+        """Mean power while inferring: gross energy over the window time."""
+        return self.gross_j / self.window_s if self.window_s else None
 
     def distribution(self) -> dict[str, float] | None:
         """p50/p90/p99 of per-inference gross energy (J), when available."""
@@ -138,17 +153,19 @@ def meter_energy(trace: Trace, windows: list[Window], idle_w: float | None = Non
         idle, idle_source = float(idle_w), "given"
     n = len(windows)
     sources = (*trace.sources, f"idle power {idle * 1e3:.4g} mW: {idle_source}")
+    durations = np.array([window_duration_s(trace, w) for w in windows])
+    basis = "simulated meter" if trace.meta.get("simulated") else "meter"
     if all(end - start >= min_samples for start, end in windows):
         gross = np.array([integrate_j(trace, w) for w in windows])
-        net = gross - idle * np.array([window_duration_s(trace, w) for w in windows])
+        net = gross - idle * durations
         return MeterEnergy(trace.meter, n, float(gross.mean()), float(net.mean()), idle, idle_source,
-                           "per-inference windows", gross, net, sources)
+                           "per-inference windows", gross, net, sources, basis, float(durations.mean()))
     span = (windows[0][0], windows[-1][1])
     gross_all = integrate_j(trace, span)
     net_all = gross_all - idle * window_duration_s(trace, span)
     return MeterEnergy(trace.meter, n, gross_all / n, net_all / n, idle, idle_source,
                        f"aggregate: first window start to last window end / {n} (windows shorter than "
-                       f"{min_samples} samples)", None, None, sources)
+                       f"{min_samples} samples)", None, None, sources, basis, window_duration_s(trace, span) / n)
 
 
 def host_to_meter_spans(spans_host_s: list[tuple[float, float]], trace: Trace) -> list[tuple[float, float]]:
@@ -158,3 +175,61 @@ def host_to_meter_spans(spans_host_s: list[tuple[float, float]], trace: Trace) -
     if offset is None:
         raise MeasurementError(f"{trace.meter}: the trace has no host clock offset; align by a marker instead")
     return [(start - offset, end - offset) for start, end in spans_host_s]
+
+
+def clock_offset(trace: Trace) -> tuple[float, float]:
+    """(host - meter offset, its uncertainty) in seconds, as the driver measured them."""
+    offset = trace.meta.get("host_minus_meter_s")
+    if offset is None:
+        raise MeasurementError(f"{trace.meter}: the trace has no host clock offset; align by a marker instead")
+    return float(offset), float(trace.meta.get("clock_offset_uncertainty_s") or 0.0)
+
+
+def span_energy(trace: Trace, spans_host_s: Sequence[tuple[float, float]], compute_s: Sequence[Sequence[float]],
+                idle_w: float | None = None, guard: int = 2) -> MeterEnergy:
+    """Per-inference energy from host timestamps. ``spans_host_s[k]`` is when request k went out
+    and its reply came back (host monotonic clock); ``compute_s[k]`` the device's compute time
+    of each inference it carried. Each span is mapped to the meter's clock and widened by the
+    offset's uncertainty u on both sides; its compute energy is
+
+        E_k = integral of P over the span - P_idle x (span duration - sum of compute times),
+
+    (the time that is not compute charged at idle power: link activity above idle is counted as
+    compute, which the method states), split among its inferences in proportion to their compute
+    times; net = gross - P_idle x compute time. Idle power is the mean outside every span, unless
+    given."""
+    if len(spans_host_s) != len(compute_s):
+        raise MeasurementError(f"{len(spans_host_s)} spans but {len(compute_s)} lists of compute times")
+    if not spans_host_s:
+        raise MeasurementError(f"{trace.meter}: no request spans to cut the trace at")
+    offset, u = clock_offset(trace)
+    spans = [(start - offset - u, end - offset + u) for start, end in spans_host_s]
+    windows = time_windows(trace.t_s, spans)
+    if idle_w is None:
+        idle = idle_power_w(trace, windows, guard)
+        idle_source = "mean power outside the request spans"
+    else:
+        idle, idle_source = float(idle_w), "given"
+    gross_list: list[float] = []
+    net_list: list[float] = []
+    times: list[float] = []
+    for window, ts in zip(windows, compute_s):
+        ts = [float(t) for t in ts]
+        total = sum(ts)
+        if total <= 0:
+            raise MeasurementError(f"{trace.meter}: a request span carries no compute time ({ts})")
+        span_j = integrate_j(trace, window)
+        compute_j = span_j - idle * (window_duration_s(trace, window) - total)
+        for t in ts:
+            share = compute_j * t / total
+            gross_list.append(share)
+            net_list.append(share - idle * t)
+            times.append(t)
+    gross, net = np.array(gross_list), np.array(net_list)
+    method = (f"timestamps: host request/reply spans on the meter's clock (offset {offset:.6f} s, uncertainty "
+              f"{u * 1e3:.3g} ms; each span widened by it), the span's time that is not compute charged at idle "
+              "power (link activity above idle counts as compute), its compute energy split by device time")
+    sources = (*trace.sources, f"idle power {idle * 1e3:.4g} mW: {idle_source}")
+    basis = "simulated meter" if trace.meta.get("simulated") else "meter"
+    return MeterEnergy(trace.meter, len(gross), float(gross.mean()), float(net.mean()), idle, idle_source, method,
+                       gross, net, sources, basis, float(np.mean(times)), u)

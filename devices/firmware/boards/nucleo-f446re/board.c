@@ -4,8 +4,13 @@
  * Console: USART2 @0x40004400 on PA2/PA3 (AF7), wired to the ST-LINK virtual COM port.
  * Clock: the reset default, HSI 16 MHz (no PLL setup), so SYSCLK = HCLK = PCLK1 = 16 MHz;
  * timing uses the DWT cycle counter (build with -DHIL_TIMER_DWT).
+ *
+ * Marker: PA8, Arduino D7 (CN9 pin 8; morpho CN10 pin 23): wire it to the meter's logic input
+ * (PPK2 D0-D7, Joulescope GPI0/1) and the meter's GND to the board's GND. Not the user LED (PA5):
+ * an LED's current would be measured with the inference.
  */
 #include "board.h"
+#include "drivers/stm32_gpio.h"
 #include "drivers/stm32_usart.h"
 
 #define USART2_BASE   0x40004400u
@@ -18,6 +23,9 @@
 #define RCC_APB1ENR_USART2EN (1u << 17)
 #define CLOCK_HZ      16000000u
 #define BAUD          115200u
+#define MARKER_PORT   0u   /* GPIOA */
+#define MARKER_PIN    8u
+#define MARKER_BASE   (STM32_GPIOA_BASE + MARKER_PORT * STM32_GPIO_PORT_STRIDE)
 
 void board_init(void)
 {
@@ -28,6 +36,12 @@ void board_init(void)
     GPIOA_MODER = (GPIOA_MODER & ~(0xFu << 4)) | (0xAu << 4);
     GPIOA_AFRL = (GPIOA_AFRL & ~(0xFFu << 8)) | (0x77u << 8);
     stm32_usart_init(USART2_BASE, STM32_USART_BRR(CLOCK_HZ, BAUD));
+    stm32_gpio_output_init(MARKER_BASE, MARKER_PORT, MARKER_PIN);
+}
+
+void board_marker(int high)
+{
+    stm32_gpio_write(MARKER_BASE, MARKER_PIN, high);
 }
 
 void board_uart_putc(uint8_t byte)

@@ -54,6 +54,15 @@ static inline void hil_sleep_until(unsigned irq, volatile uint32_t *status, uint
 #define DWT_CYCCNT  HIL_REG32(0xE0001004u)
 #define DWT_CTRL_CYCCNTENA (1u << 0)
 
+/* Busy-wait at least `cycles` core cycles: each pass of the loop is a SUBS and a taken BNE,
+ * at least 3 cycles on Cortex-M3/M4 (more with flash wait states); under QEMU -icount, 2
+ * instructions. */
+static inline void hil_delay_cycles(uint32_t cycles)
+{
+    uint32_t passes = cycles / 3u + 1u;
+    __asm volatile("1: subs %0, %0, #1\n\tbne 1b" : "+r"(passes) : : "cc");
+}
+
 static inline void hil_dsb(void) { __asm__ volatile("dsb" ::: "memory"); }
 static inline void hil_isb(void) { __asm__ volatile("isb" ::: "memory"); }
 
