@@ -11,8 +11,11 @@ SSH vs local onnxruntime, and the emulated arm64 Raspberry Pi stand-in.
    noise hits all configurations alike.
 2. Throughput of the q = 4 encoder through the device runner over SSH to `pi-loopback` (a real
    sshd on 127.0.0.1, so the same CPU) at several batch sizes, three batches in flight, vs the
-   runner's own inference loop called in process (the same code without SSH), both over the same
-   stream of views: the ratio is what the link and protocol cost.
+   runner's own inference loop called in process on the same batches (the same code without
+   SSH), both over the same stream of views: the ratio is what the link and protocol cost. The
+   runner runs a batch of several views in session.run calls of up to 64 views where its
+   self-check allowed that, so a device time per inference there is the batch time / views (said
+   per row).
 3. The same encoder on `rpi4-qemu` (arm64 Debian under qemu-user): these figures are emulation
    times, labelled as such, never a Raspberry Pi's speed. Skipped (and said so) without root or
    without the root filesystem (scripts/build-arm64-rootfs.sh).
@@ -38,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMAND = ".venv/bin/python scripts/bench_linux.py"
 LOCAL_BASIS = "measured on this host (onnxruntime, 1 intra-op thread, time.perf_counter_ns per session.run)"
 SSH_BATCHES = (1, 32, 256)
+QEMU_BATCH = 50
 MAX_BATCHES_PER_PASS = 200  # a pass streams at most this many batches (batch 1: 200 round trips)
 
 
@@ -115,17 +119,41 @@ def runner_model(files, code_exponent: int):
                  check=load_check(str(files.check_vectors)))
 
 
-def runner_throughput_local(files, code_exponent: int, views: np.ndarray, repeats: int) -> dict:
-    """Views per second through the runner's own inference loop, in process (no SSH): median,
-    min and max over ``repeats`` passes."""
+def runner_model_per_view(files, code_exponent: int):
+    """The runner's Model in its exact configuration, but without batch calls (no self-check
+    allows them): one session.run per view, as the runner worked before batch calls."""
+    from devices.runner.hil_runner import NODE_CONFIGURATIONS, Model
+
+    model = Model(str(files.onnx), "node", code_exponent, threads=1, exact_path=str(files.exact_onnx),
+                  configurations=(NODE_CONFIGURATIONS[0],))
+    assert not model.batched
+    return model
+
+
+def runner_throughput_local(files, code_exponent: int, views: np.ndarray, batch: int, repeats: int) -> dict:
+    """Views per second through the runner's own inference loop, in process (no SSH), in batches
+    of ``batch``: median, min and max over ``repeats`` passes."""
     model = runner_model(files, code_exponent)
-    return _spread([_local_rate(model, views) for _ in range(repeats)])
+    return _spread([_local_rate(model, views, batch) for _ in range(repeats)])
 
 
-def _local_rate(model, views: np.ndarray) -> float:
-    """Views per second of one pass of ``views`` through ``model.infer`` in this process."""
+def local_batch_latency(files, code_exponent: int, views: np.ndarray, batch: int, repeats: int) -> dict:
+    """The runner's device time per inference in this process on batches of ``batch`` (as the
+    runner reports it: batch time / views where a batch runs in batch calls)."""
+    from devices.runner.hil_runner import per_inference_ns
+
+    model = runner_model(files, code_exponent)
+    ns = [per_inference_ns(model.infer(views[s:s + batch])[1], len(views[s:s + batch]))[0]
+          for _ in range(repeats) for s in range(0, len(views), batch)]
+    return percentiles(np.concatenate(ns))
+
+
+def _local_rate(model, views: np.ndarray, batch: int) -> float:
+    """Views per second of one pass of ``views`` through ``model.infer`` in this process, in
+    batches of ``batch`` (as the SSH pass sends them)."""
     started = time.perf_counter()
-    model.infer(views)
+    for start in range(0, len(views), batch):
+        model.infer(views[start:start + batch])
     return len(views) / (time.perf_counter() - started)
 
 
@@ -133,12 +161,69 @@ def _spread(values: list[float]) -> dict:
     return {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
 
 
+def _proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds of a process of this machine (its time on a CPU, from /proc/PID/schedstat, in
+    ns: the clock-tick counts of /proc/PID/stat are too coarse for a pass); None if it is not one
+    of this machine's processes."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def _ssh_pass(target, stream: np.ndarray, sshd_pid: int | None) -> dict:
+    """One pass of ``stream`` over SSH: views per second, the result, and the CPU it cost per
+    batch on each side (the runner's own count; this process, i.e. the host's asyncssh and
+    framing; the device's sshd session where it is a process of this machine)."""
+    batches = -(-len(stream) // target.batch_size)
+    runner_before, host_before = target.info().cpu_ns, time.process_time()
+    sshd_before = _proc_cpu_s(sshd_pid) if sshd_pid else None
+    started = time.perf_counter()
+    result = target.encode(stream)
+    elapsed = time.perf_counter() - started
+    host_cpu = time.process_time() - host_before
+    sshd_after = _proc_cpu_s(sshd_pid) if sshd_pid else None
+    runner_cpu = (target.info().cpu_ns - runner_before) / 1e9
+    sshd_cpu = None if sshd_before is None or sshd_after is None else sshd_after - sshd_before
+    return {"rate": len(stream) / elapsed, "result": result,
+            "cpu_ms": {"runner": runner_cpu / batches * 1e3, "host": host_cpu / batches * 1e3,
+                       "sshd": None if sshd_cpu is None else sshd_cpu / batches * 1e3}}
+
+
+def _local_pass(model, stream: np.ndarray, batch: int) -> dict:
+    """One pass of ``stream`` through the runner's Model in this process: views per second and
+    CPU per batch."""
+    before = time.process_time()
+    rate = _local_rate(model, stream, batch)
+    return {"rate": rate, "cpu_ms": (time.process_time() - before) / -(-len(stream) // batch) * 1e3}
+
+
+def _cpu_record(ssh: list[dict], local: list[dict]) -> dict:
+    """Median CPU milliseconds per batch: local, and the SSH path's parts."""
+    def median(values: list) -> float | None:
+        kept = [v for v in values if v is not None]
+        return float(np.median(kept)) if kept else None
+
+    parts = {key: median([p["cpu_ms"][key] for p in ssh]) for key in ("runner", "sshd", "host")}
+    return {"local": median([p["cpu_ms"] for p in local]), **parts}
+
+
 def over_ssh(device: str, files, code_exponent: int, views: np.ndarray, batches, repeats: int,
-             local=None) -> dict:
+             local=None, per_view_local=None) -> dict:
     """Throughput over SSH per batch size; with ``local`` (a runner Model on this host), each SSH
-    pass is paired with a pass of the same views in process (before it in even passes, after it
-    in odd ones), and the pairs' ratios are kept: on a shared VM the machine's speed drifts
-    between passes, so a ratio of neighbours is the trustworthy figure."""
+    pass is paired with a pass of the same views in process on the same batches (before it in
+    even passes, after it in odd ones), and the pairs' ratios are kept: on a shared VM the
+    machine's speed drifts between passes, so a ratio of neighbours is the trustworthy figure.
+    Each pass also counts the CPU time it cost per batch on each side. With ``per_view_local``
+    (the runner's Model without batch calls, as runners before them worked), each pass also
+    gets a pass through it, for comparison with records from then."""
     from harness.targets.linux.deploy import deploy_linux_target, linux_device
     from harness.config.profiles import get_profile
 
@@ -151,29 +236,35 @@ def over_ssh(device: str, files, code_exponent: int, views: np.ndarray, batches,
                                      exact_model_path=files.exact_onnx, check_path=files.check_vectors,
                                      access=access) as target:
                 target.encode(stream[:batch])  # warm-up: first round trip
-                rates, device_ns, rtts, ratios = [], [], [], []
+                # the loopback sshd session is a process of this machine: the runner's parent
+                sshd_pid = _parent_pid(target.hello["pid"]) if device == "pi-loopback" else None
+                ssh_passes, local_passes, per_view_passes = [], [], []
                 for rep in range(repeats):
                     local_first = rep % 2 == 0  # alternate, so neither side always runs second
                     if local is not None and local_first:
-                        local_rate = _local_rate(local, stream)
-                    started = time.perf_counter()
-                    result = target.encode(stream)
-                    rates.append(len(stream) / (time.perf_counter() - started))
-                    if local is not None:
-                        if not local_first:
-                            local_rate = _local_rate(local, stream)
-                        ratios.append(rates[-1] / local_rate)
-                    device_ns.append(result.device_ns)
-                    rtts.append(result.round_trip_s)
+                        local_passes.append(_local_pass(local, stream, batch))
+                    ssh_passes.append(_ssh_pass(target, stream, sshd_pid))
+                    if local is not None and not local_first:
+                        local_passes.append(_local_pass(local, stream, batch))
+                    if per_view_local is not None:
+                        per_view_passes.append(_local_pass(per_view_local, stream, batch))
                 info = target.info()
                 configuration = target.configuration
-            rtt = np.concatenate(rtts)
+            rates = [p["rate"] for p in ssh_passes]
+            ratios = [p["rate"] / q["rate"] for p, q in zip(ssh_passes, local_passes)]
+            rtt = np.concatenate([p["result"].round_trip_s for p in ssh_passes])
             record["batches"].append({
                 "batch_size": batch, "views": int(len(stream)), "repeats": repeats,
                 "views_per_second": float(np.median(rates)),
                 "views_per_second_range": [float(min(rates)), float(max(rates))],
-                **({"over_local_paired": _spread(ratios)} if ratios else {}),
-                "device_latency": percentiles(np.concatenate(device_ns)),
+                **({"local_views_per_second": _spread([q["rate"] for q in local_passes]),
+                    "over_local_paired": _spread(ratios)} if ratios else {}),
+                **({"per_view_local_views_per_second": _spread([q["rate"] for q in per_view_passes]),
+                    "over_per_view_local": _spread([p["rate"] / q["rate"] for p, q in zip(ssh_passes, per_view_passes)])}
+                   if per_view_passes else {}),
+                "cpu_ms_per_batch": _cpu_record(ssh_passes, local_passes),
+                "device_latency": percentiles(np.concatenate([p["result"].device_ns for p in ssh_passes])),
+                "device_timing": ssh_passes[-1]["result"].timing,
                 "round_trip_ms_per_batch": {"p50": float(np.percentile(rtt, 50) * 1000),
                                             "p90": float(np.percentile(rtt, 90) * 1000)}})
         record["device_info"] = {"cpu_model": info.cpu_model, "machine": info.machine, "governor": info.governor,
@@ -204,12 +295,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ssh-repeats", type=int, default=20,
                         help="SSH passes per batch size, each paired with a local pass")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "reference",
+                        help="directory for linux-benchmark.json and .md (default: the reference record)")
     args = parser.parse_args()
     import onnxruntime as ort
 
     from quant_models import golden
     from quant_models.manifest import node_files
 
+    load_before = os.getloadavg()
     qcdq, flt = export(4), export("float")
     trained = qcdq.trained
     node = 0
@@ -228,24 +322,28 @@ def main() -> None:
     chosen_name = chosen["configuration"]["name"]
     q_stats, f_stats = stats[chosen_name], stats["float"]
     stream = np.resize(views, (args.stream, *views.shape[1:]))  # the test views, repeated
-    local_rate = runner_throughput_local(files, exponent, stream, args.repeats)
     loopback = over_ssh("pi-loopback", files, exponent, stream, SSH_BATCHES, args.ssh_repeats,
-                        local=runner_model(files, exponent))
+                        local=runner_model(files, exponent), per_view_local=runner_model_per_view(files, exponent))
     for b in loopback["batches"]:
         b["over_local"] = b["over_local_paired"]["median"]
     why_not = qemu_available()
     qemu = None
     if why_not is None:
         qemu_views = views[:args.qemu_views]
-        qemu = over_ssh("rpi4-qemu", files, exponent, qemu_views, (50,), args.repeats)
-        qemu["local_host_views_per_second"] = runner_throughput_local(files, exponent, qemu_views, args.repeats)
-        qemu["emulated_over_host_p50"] = qemu["batches"][0]["device_latency"]["p50_us"] / q_stats["p50_us"]
+        qemu = over_ssh("rpi4-qemu", files, exponent, qemu_views, (QEMU_BATCH,), args.repeats)
+        qemu["local_host_views_per_second"] = runner_throughput_local(files, exponent, qemu_views, QEMU_BATCH,
+                                                                      args.repeats)
+        host_batched = local_batch_latency(files, exponent, qemu_views, QEMU_BATCH, args.repeats)
+        qemu["host_device_latency_same_batches"] = host_batched
+        qemu["emulated_over_host_p50"] = qemu["batches"][0]["device_latency"]["p50_us"] / host_batched["p50_us"]
 
-    record = {
+    record: dict = {
         "command": COMMAND,
         "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "onnxruntime": ort.__version__,
-                 "python": platform.python_version(), "cpu": cpu_description()},
+                 "python": platform.python_version(), "cpu": cpu_description(),
+                 "load_average": {"start": list(load_before), "end": list(os.getloadavg()),
+                                  "note": "1, 5 and 15 minute load averages; the machine is shared with other jobs"}},
         "model": "experiments/smoke.yaml node 0 (14x14 view, conv 32@5x5, maxpool 2, FC 16), q = 4 vs float",
         "encoder_latency_local": {
             "basis": LOCAL_BASIS, "runner_choice": chosen, "qcdq": q_stats, "float": f_stats,
@@ -257,26 +355,47 @@ def main() -> None:
                                for name, (model, bad) in candidates.items()}},
         "ssh_vs_local": {"basis": "pi-loopback: a real sshd on 127.0.0.1, so the device is this host's CPU; "
                                   "throughput = views / host wall time of encode() (all round trips included; "
-                                  "three batches in flight); local and SSH over the same stream of "
+                                  "three batches in flight); local: the runner's Model.infer in this process on "
+                                  "the same batches; local and SSH over the same stream of "
                                   f"{args.stream} views (the {args.views} test views repeated)",
-                         "stream_views": args.stream, "local_runner_views_per_second": local_rate, **loopback},
+                         "stream_views": args.stream, **loopback},
         "rpi4_qemu": qemu if qemu is not None else {"skipped": why_not},
     }
-    out = ROOT / "results" / "reference"
+    record["bars"] = bars(record)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "linux-benchmark.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "linux-benchmark.md").write_text(markdown(record))
     print(markdown(record))
 
 
+def _batching_text(batching: dict) -> str:
+    checked = batching["checked_batch"]
+    how = (f"batches in session.run calls of up to {batching['views_per_call']} views" if batching["batch_calls"]
+           else "one session.run per view")
+    return (f"{how} (self-check of the check vectors repeated to {checked['views']} views run that way: "
+            f"{checked['mismatched_codes']} codes differ); {batching['timing']}")
+
+
+def bars(r: dict) -> dict:
+    """The issue's two bars, read from a record."""
+    at_256 = next(b for b in r["ssh_vs_local"]["batches"] if b["batch_size"] == 256)
+    return {"qcdq_over_float_p50 <= 1.0": r["encoder_latency_local"]["qcdq_over_float_p50"] <= 1.0,
+            "ssh_over_local_paired_median_at_256 >= 0.95": at_256["over_local"] >= 0.95}
+
+
 def markdown(r: dict) -> str:
     lat = r["encoder_latency_local"]
-    local = r["ssh_vs_local"]["local_runner_views_per_second"]
+    load = r["host"]["load_average"]
     lines = ["# Linux targets benchmark", "",
              f"Reproduce: `{r['command']}` (commit {r['git_commit'][:10]}); host {r['host']['machine']}, "
              f"{r['host']['cpus']} CPUs, onnxruntime {r['host']['onnxruntime']}; CPU {r['host']['cpu']['model']}, "
              f"int8-relevant flags: {' '.join(r['host']['cpu']['int8_flags']) or 'none'}.",
+             f"Load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in load['start'])}; at the "
+             f"end: {', '.join(f'{v:.2f}' for v in load['end'])} (the machine is shared with other jobs: paired "
+             "ratios are the figures to trust).",
              f"Model: {r['model']}.", "",
+             "Bars: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in r["bars"].items()) + ".", "",
              "## q = 4 vs float encoder, per inference, onnxruntime on this host", "",
              f"Basis: {lat['basis']}. Each configuration's codes are compared with the golden integer model's "
              "on every view (a configuration that differs is not exact on this CPU).", "",
@@ -294,18 +413,44 @@ def markdown(r: dict) -> str:
               f"the per-inference ratios, same view and round: {lat['qcdq_over_float_paired_median']:.2f}x). "
               f"Self-check at load: {lat['runner_choice']['self_check']}.", "",
               "## Batched inference over SSH (pi-loopback) vs local onnxruntime", "",
-              f"Basis: {r['ssh_vs_local']['basis']}. Local: the runner's inference loop in process, "
-              f"{local['median']:.0f} views/s (median of {r['ssh_vs_local']['batches'][0]['repeats']} passes; "
-              f"range {local['min']:.0f}-{local['max']:.0f}).", "",
-              "SSH / local: the median (and range) over passes of the ratio of an SSH pass to the local pass "
-              "run next to it (before it in even passes, after it in odd ones).", "",
-              "| batch | views/s over SSH (range) | SSH / local, paired (range) | device p50 per inference | "
-              "round trip p50 per batch |",
-              "|---|---|---|---|---|"]
+              f"Basis: {r['ssh_vs_local']['basis']}. Runner batching: "
+              f"{_batching_text(r['ssh_vs_local']['device_info']['batching'])}.", "",
+              f"SSH / local: the median (and range) over {r['ssh_vs_local']['batches'][0]['repeats']} passes of the "
+              "ratio of an SSH pass to the local pass run next to it on the same batches (before it in even passes, "
+              "after it in odd ones).", "",
+              "| batch | views/s over SSH (range) | views/s local (range) | SSH / local, paired (range) | "
+              "device p50 per inference | round trip p50 per batch |",
+              "|---|---|---|---|---|---|"]
     for b in r["ssh_vs_local"]["batches"]:
         lo, hi = b["views_per_second_range"]
-        lines.append(f"| {b['batch_size']} | {b['views_per_second']:.0f} ({lo:.0f}-{hi:.0f}) | {b['over_local']:.2f}x ({b['over_local_paired']['min']:.2f}-{b['over_local_paired']['max']:.2f}) | "
-                     f"{b['device_latency']['p50_us']:.1f} us | {b['round_trip_ms_per_batch']['p50']:.2f} ms |")
+        loc = b["local_views_per_second"]
+        per = "own call" if b["batch_size"] == 1 else f"batch time / {b['batch_size']}"
+        lines.append(f"| {b['batch_size']} | {b['views_per_second']:.0f} ({lo:.0f}-{hi:.0f}) | "
+                     f"{loc['median']:.0f} ({loc['min']:.0f}-{loc['max']:.0f}) | {b['over_local']:.2f}x "
+                     f"({b['over_local_paired']['min']:.2f}-{b['over_local_paired']['max']:.2f}) | "
+                     f"{b['device_latency']['p50_us']:.1f} us ({per}) | {b['round_trip_ms_per_batch']['p50']:.2f} ms |")
+    lines += ["", "Device time per inference: " + "; ".join(
+        f"batch {b['batch_size']}: {b['device_timing']}" for b in r["ssh_vs_local"]["batches"]) + "."]
+    lines += ["", "Where the CPU goes, per batch (median over the passes; CPU time, not wall time): the runner "
+              "(its own count: session.run, conversions, pipes), the loopback sshd session (decrypting and "
+              "encrypting), and this process (asyncssh's packets and ciphers, framing). With a free core for the "
+              "link, SSH throughput is bounded by the runner alone; when other jobs keep every core busy, by the "
+              "sum of all three against the local pass's CPU.", "",
+              "| batch | local | runner | sshd | host (asyncssh, framing) | local / (runner + sshd + host) |",
+              "|---|---|---|---|---|---|"]
+    for b in r["ssh_vs_local"]["batches"]:
+        c = b["cpu_ms_per_batch"]
+        sshd = "-" if c["sshd"] is None else f"{c['sshd']:.3f} ms"
+        total = c["runner"] + (c["sshd"] or 0.0) + c["host"]
+        lines.append(f"| {b['batch_size']} | {c['local']:.3f} ms | {c['runner']:.3f} ms | {sshd} | "
+                     f"{c['host']:.3f} ms | {c['local'] / total:.2f} |")
+    if "over_per_view_local" in r["ssh_vs_local"]["batches"][-1]:
+        b = r["ssh_vs_local"]["batches"][-1]
+        pv = b["per_view_local_views_per_second"]
+        lines += ["", f"Not a bar, for comparison with records made before batch calls (whose local pass ran one "
+                  f"session.run per view): that loop in process reached {pv['median']:.0f} views/s in the same "
+                  f"passes (range {pv['min']:.0f}-{pv['max']:.0f}); SSH at batch {b['batch_size']} / it: "
+                  f"{b['over_per_view_local']['median']:.2f}x."]
     lines += ["", "## rpi4-qemu: emulated arm64 (qemu-user), not a Raspberry Pi's speed", ""]
     q = r["rpi4_qemu"]
     if "skipped" in q:
@@ -313,11 +458,12 @@ def markdown(r: dict) -> str:
     else:
         b = q["batches"][0]
         info = q["device_info"]
-        lines += [f"Basis: {info['timing_basis']}. Device: {info['cpu_model']} ({info['machine']}, python "
+        lines += [f"Basis: {info['timing_basis']}; per inference: {b['device_timing']}. "
+                  f"Device: {info['cpu_model']} ({info['machine']}, python "
                   f"{info['python']}, onnxruntime {info['onnxruntime']}); runner peak RSS "
                   f"{info['peak_rss_bytes'] / 2**20:.0f} MiB under qemu-user.", "",
                   "| batch | views/s over SSH (emulated) | device p50 / p90 per inference (emulated) | "
-                  "emulated / host p50 |", "|---|---|---|---|",
+                  "emulated / host p50 (same batches) |", "|---|---|---|---|",
                   f"| {b['batch_size']} | {b['views_per_second']:.0f} | {b['device_latency']['p50_us']:.0f} / "
                   f"{b['device_latency']['p90_us']:.0f} us | {q['emulated_over_host_p50']:.0f}x |", "",
                   "These are emulation times: they show the aarch64 path runs and gives the same codes, "

@@ -1,14 +1,16 @@
-"""hilbench device-side runner: one ONNX model, batches of inferences over stdin/stdout.
+"""hilbench device-side runner: one node encoder or head, batches of inferences over stdin/stdout.
 
 Uploaded to a Linux device (Raspberry Pi or stand-in) and started once per deployment over one
 SSH session; it then serves every batch, so no inference pays for a new SSH command. It needs
 only the standard library, numpy and onnxruntime (imported in :func:`main`, so the host can
-import this file for the protocol functions without them).
+import this file for the protocol functions without them), and, for an LSTM node,
+``hil_int_lstm.py`` deployed next to it.
 
 Usage::
 
     python hil_runner.py --model MODEL.onnx --role node --code-exponent E \
         [--exact-model MODEL.exact.onnx] --check CHECK.npz
+    python hil_runner.py --model nodeI.int.json --kind int-lstm --role node --check CHECK.npz
     python hil_runner.py --model head.onnx --role gateway
 
 How a node encoder runs (see :data:`NODE_CONFIGURATIONS`): onnxruntime's default optimizations
@@ -17,39 +19,57 @@ saturating int16 and give codes that differ from the integer model. So the runne
 them; it tries exact configurations, fastest first: the export's float32 lowering of the integer
 model (``--exact-model``), then the QCDQ graph with the QDQ fusion off, then unoptimized. Before
 serving, each candidate encodes the export's golden check vectors (``--check``: views and their
-golden codes); the first whose codes all match is used. HELLO says which ran, what the others
-gave, and the CPU's int8-relevant flags; if none matches, the runner refuses to start.
+golden codes), one view per call; the first whose codes all match is used. HELLO says which ran,
+what the others gave, and the CPU's int8-relevant flags; if none matches, the runner refuses to
+start. A quantized LSTM node (``--kind int-lstm``) cannot run in onnxruntime (no exporter carries
+Brevitas' QuantLSTM): the runner runs its integer model in numpy (``hil_int_lstm``), checked
+against the same kind of check vectors; a mismatch is an error.
 
-Roles: ``node`` runs a node encoder on uint8 views [B, h, w]: it feeds ``pixel / 256`` as float32
-[B, 1, h, w] (the exact input the model was trained and exported with) and turns the encoder's
-code *values* into integer codes, ``round(value / 2**E)``, uint8 [B, k], as the harness does.
-``gateway`` runs the head on codes [B, C] (any integer or float dtype, fed as float32) and
-returns the logits, float32 [B, classes].
+Batches: where the model's batch axis is free and the check vectors, repeated to
+:data:`CHECK_BATCH` views, also give their golden codes run that way, a batch of several views
+runs in as few calls as the model allows (an ONNX node: one session.run per
+:data:`ONNX_CALL_VIEWS` views; the integer LSTM: one call), which costs a few microseconds a view
+instead of one call's overhead each. Its time is then measured once for the whole batch: the
+RESULT says so by carrying one timing, and a view's latency is the batch time / views
+(:data:`BATCH_TIMING`). A batch of one view, and every batch where the check did not allow it,
+runs and is timed view by view. HELLO's ``batching`` says which applies.
 
-Protocol (version 1). Every message, both ways, is one frame::
+Roles: ``node`` runs a node encoder: an ONNX one on uint8 views [B, h, w] (fed as
+``pixel / 256``, float32 [B, 1, h, w], the exact input the model was trained and exported with;
+the encoder's code *values* become integer codes ``round(value / 2**E)``, uint8 [B, k], as the
+harness does), an integer LSTM on int8 windows [B, rows, steps] sent as their bytes (uint8),
+giving its offset-binary codes uint8 [B, k]. ``gateway`` runs the head on codes [B, C] (any
+integer or float dtype, fed as float32) and returns the logits, float32 [B, classes].
+
+Protocol (version 3). Every message, both ways, is one frame::
 
     u32 big-endian N | N bytes: u8 message type | payload
 
 Arrays inside payloads: ``u8 dtype code | u8 ndim | ndim x u32 big-endian dims | elements``,
 little-endian, C order; dtype codes: 1 uint8, 2 float32, 3 int64.
 
-    runner -> host, once at start   HELLO  'H'  UTF-8 JSON: protocol, role, model_sha256,
+    runner -> host, once at start   HELLO  'H'  UTF-8 JSON: protocol, role, kind, model_sha256,
                                                 file_sha256 {model, exact_model, check},
                                                 configuration {name, description},
                                                 self_check {vectors, tried: [{configuration,
                                                 mismatched_codes | error}], fallback},
+                                                batching {batch_calls, views_per_call, timing,
+                                                checked_batch {views, mismatched_codes}},
                                                 cpu_flags, input and output names/shapes,
                                                 onnxruntime, numpy, python, executable,
                                                 machine, pid, cpu_model, governor,
-                                                peak_rss_bytes, load_ns (session creation,
+                                                peak_rss_bytes, load_ns (model loading,
                                                 warm-up excluded)
     host -> runner                  INFER  'I'  array: the batch
-    runner -> host                  RESULT 'R'  array: outputs, then array: int64 [B] ns per
-                                                inference (time.perf_counter_ns around each
-                                                session.run of one sample; monotonic)
+    runner -> host                  RESULT 'R'  array: outputs, then array: int64 ns
+                                                (time.perf_counter_ns, monotonic): [B], each
+                                                view's own call, or [1] (B > 1), the calls
+                                                that ran the whole batch, timed together
+                                                (:func:`per_inference_ns` reads either)
     host -> runner                  INFO   'S'  empty
     runner -> host                  INFO   'S'  UTF-8 JSON: peak_rss_bytes (getrusage), cpu_model,
-                                                governor, inferences, onnxruntime
+                                                governor, inferences, cpu_ns (the runner's CPU
+                                                time so far, all threads, user + system)
     host -> runner                  QUIT   'Q'  empty; the runner exits with status 0
     runner -> host                  ERROR  'E'  UTF-8 text, also written to stderr. A bad request
                                                 gets ERROR and the runner serves on; a runner
@@ -73,7 +93,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 HELLO = ord("H")
 INFER = ord("I")
@@ -225,22 +245,57 @@ def device_facts() -> dict:
     governor = _read_text(GOVERNOR_PATH)
     return {"cpu_model": cpu_model(_read_text(CPUINFO_PATH) or ""),
             "governor": governor.strip() if governor else "unknown",
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "cpu_ns": time.process_time_ns()}
 
 
 # ---------------------------------------------------------------------------------------------
-# The model
+# Timing: one call per view, or a batch's calls timed together
+# ---------------------------------------------------------------------------------------------
+
+PER_VIEW_TIMING = "each inference timed on its own (one call per view)"
+BATCH_TIMING = ("a batch of several views runs in as few calls as the model allows, timed as a whole: ns per "
+                "inference = batch time / views; a batch of one view is timed on its own")
+CHECK_BATCH = 256
+ONNX_CALL_VIEWS = 64
+"""Most views an ONNX node runs in one session.run. A larger call's activations stop fitting in
+the CPU's caches, and each view costs more: measured on the benchmark host (CPU time per view,
+1 thread, busy machine) 8.2 us in calls of 64 or 128 views, 9.9 us in calls of 256 (and, unloaded,
+twice as much in calls of 512)."""
+"""Views in the batched self-check (the check vectors repeated): a batch as large as the host's default."""
+
+
+def per_inference_ns(call_ns, views: int) -> tuple[Any, Any]:
+    """(int64 ns per inference [views], int64 views timed together [views]) from a RESULT's
+    timings: one per view (each timed on its own) or one for the whole batch (split evenly, the
+    remainder's nanoseconds to the first views, so the shares add up to the batch time)."""
+    import numpy as np
+
+    call_ns = np.asarray(call_ns, dtype=np.int64)
+    if call_ns.shape == (views,):
+        return call_ns, np.ones(views, dtype=np.int64)
+    if call_ns.shape == (1,) and views > 1:
+        share, rest = divmod(int(call_ns[0]), views)  # the shares add up to the batch time exactly
+        ns = np.full(views, share, dtype=np.int64)
+        ns[:rest] += 1
+        return ns, np.full(views, views, dtype=np.int64)
+    raise RunnerError(f"{list(call_ns.shape)} timings for a batch of {views} views "
+                      f"(one per view, or one for the whole batch)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The models
 # ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Configuration:
-    """One way to run a model in onnxruntime: which file (``export``: the exported ONNX, QCDQ
+    """One way to run a model: in onnxruntime, which file (``export``: the exported ONNX, QCDQ
     for a node; ``exact``: a node's exact float32 lowering), which graph optimization level,
-    which session config entries."""
+    which session config entries; or ``int-lstm``: the integer LSTM in numpy."""
 
     name: str
-    model: str  # "export" | "exact"
-    level: str  # an onnxruntime GraphOptimizationLevel name
+    model: str  # "export" | "exact" | "int-lstm"
+    level: str  # an onnxruntime GraphOptimizationLevel name ("" outside onnxruntime)
     entries: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
@@ -265,6 +320,10 @@ CODE_MIN_KEY, CODE_MAX_KEY = "hilbench.code_min", "hilbench.code_max"
 
 GATEWAY_CONFIGURATION = Configuration("float", "export", "ORT_ENABLE_ALL", {}, "the float head, all optimizations")
 
+INT_LSTM_CONFIGURATION = Configuration(
+    "int-lstm-numpy", "int-lstm", "", {},
+    "integer LSTM in numpy on the device; onnxruntime cannot run Brevitas' QuantLSTM")
+
 
 def session_options(configuration: Configuration, threads: int) -> Any:
     """onnxruntime SessionOptions for ``configuration`` with ``threads`` intra-op threads."""
@@ -284,28 +343,133 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-class Model:
+class RunnerModel:
+    """What :func:`serve` runs: a request batch in, outputs and device timings out.
+
+    Subclasses say how a request becomes the model's input (:meth:`model_input`), how one call
+    runs (:meth:`_run`) and how its raw output becomes the reply (:meth:`outputs_of`). A node
+    proves its configuration with the export's check vectors (``check``: views [n, ...], golden
+    codes uint8 [n, k]): one view per call, then (where the batch axis is free) the vectors
+    repeated to :data:`CHECK_BATCH` views in batch calls (``call_views`` views each, None: all
+    in one); only a configuration that passes both runs batches that way
+    (:data:`BATCH_TIMING`), else every view is its own call."""
+
+    role: str
+    sha256: str
+    file_sha256: dict[str, str]
+    configuration: Configuration
+    input_name: str
+    input_shape: list[int | None]
+    outputs: list[dict[str, Any]]
+    load_ns: int
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._np = np
+        self.inferences = 0
+        self.tried: list[dict[str, Any]] = []
+        self.check_vectors = 0
+        self.batched = False
+        self.call_views: int | None = None  # most views per call in a batch (None: the whole batch)
+        self.batch_check: dict[str, Any] = {"views": 0, "mismatched_codes": None}
+
+    # -- what a subclass provides ------------------------------------------------------------
+
+    def model_input(self, batch) -> Any:
+        raise NotImplementedError
+
+    def _run(self, x) -> Any:
+        raise NotImplementedError
+
+    def outputs_of(self, values) -> Any:
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def infer(self, batch, count: bool = True) -> tuple[Any, Any]:
+        """(outputs, int64 ns per call): a batch of several views as one timed call where the
+        self-check allowed it (one timing), else one timed call per view (one timing each)."""
+        np = self._np
+        x = self.model_input(batch)
+        n = x.shape[0]
+        clock = time.perf_counter_ns
+        if self.batched and n > 1:
+            step = self.call_views or n
+            started = clock()
+            values = np.concatenate([self._run(x[s:s + step]) for s in range(0, n, step)])
+            timings = np.array([clock() - started], dtype=np.int64)
+        else:
+            timings = np.empty(n, dtype=np.int64)
+            parts = []
+            run = self._run
+            for i in range(n):
+                sample = x[i:i + 1]
+                started = clock()
+                out = run(sample)
+                timings[i] = clock() - started
+                parts.append(out)
+            values = np.concatenate(parts, axis=0) if parts else None
+        if count:
+            self.inferences += n
+        return self.outputs_of(values), timings
+
+    def _mismatches(self, views, codes) -> int:
+        got, _ = self.infer(views, count=False)
+        if got.shape != codes.shape:
+            raise RunnerError(f"the check vectors' codes are {list(codes.shape)}, the model gives {list(got.shape)}")
+        return int((got != codes).sum())
+
+    def _check_batched(self, check) -> None:
+        """Let batches run in batch calls if the check vectors, repeated to CHECK_BATCH views, give
+        their golden codes run that way."""
+        np = self._np
+        views, codes = check
+        if not len(views) or self.input_shape[0] is not None:
+            return
+        reps = -(-CHECK_BATCH // len(views))
+        tiled_views = np.concatenate([views] * reps)[:CHECK_BATCH]
+        tiled_codes = np.concatenate([codes] * reps)[:CHECK_BATCH]
+        self.batched = True
+        try:
+            bad = self._mismatches(tiled_views, tiled_codes)
+            self.batch_check = {"views": len(tiled_views), "mismatched_codes": bad}
+        except Exception as exc:  # a batch the model cannot run (RunnerError, onnxruntime's own errors)
+            self.batch_check = {"views": len(tiled_views), "mismatched_codes": None,
+                                "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            self.batched = False
+        self.batched = self.batch_check["mismatched_codes"] == 0
+
+    def describe(self) -> dict[str, Any]:
+        """Which configuration runs, what the self-check found, how batches are run and timed, and
+        the CPU's int8 flags (HELLO)."""
+        return {"configuration": {"name": self.configuration.name, "description": self.configuration.description},
+                "self_check": {"vectors": self.check_vectors, "tried": self.tried, "fallback": len(self.tried) > 1},
+                "batching": {"batch_calls": self.batched, "views_per_call": self.call_views if self.batched else 1,
+                             "timing": BATCH_TIMING if self.batched else PER_VIEW_TIMING,
+                             "checked_batch": self.batch_check},
+                "cpu_flags": cpu_flags()}
+
+
+class Model(RunnerModel):
     """An onnxruntime session plus the role's input/output conversion.
 
-    A node chooses its configuration by the self-check (see the module docstring); ``check`` is
-    (views uint8 [n, h, w], golden codes uint8 [n, k])."""
+    A node chooses its configuration by the self-check (see the module docstring and
+    :class:`RunnerModel`)."""
 
     def __init__(self, path: str, role: str, code_exponent: int | None, threads: int,
                  exact_path: str | None = None, check: tuple[Any, Any] | None = None,
                  configurations: tuple[Configuration, ...] | None = None) -> None:
-        import numpy as np
-
+        super().__init__()
         if role == "node" and code_exponent is None:
             raise RunnerError("role 'node' needs --code-exponent")
-        self._np = np
         self.role = role
         self.sha256 = _sha256(path)
         self.file_sha256 = {"model": self.sha256}
         if exact_path is not None:
             self.file_sha256["exact_model"] = _sha256(exact_path)
         self.paths = {"export": path, "exact": exact_path}
-        self.inferences = 0
-        self.tried: list[dict[str, Any]] = []
         if role == "gateway":
             candidates: tuple[Configuration, ...] = (GATEWAY_CONFIGURATION,)
         else:
@@ -322,7 +486,10 @@ class Model:
         else:
             raise RunnerError("no exact configuration: every candidate's codes differ from the export's golden "
                               f"check vectors ({self.tried}); CPU int8 flags: {' '.join(cpu_flags()) or 'none'}")
-        self.check_vectors = 0 if check is None else int(len(check[0]))
+        if check is not None:
+            self.check_vectors = int(len(check[0]))
+            self.call_views = ONNX_CALL_VIEWS
+            self._check_batched(check)
 
     def _open(self, configuration: Configuration, threads: int, code_exponent: int | None) -> None:
         import onnxruntime as ort
@@ -352,17 +519,8 @@ class Model:
         # One warm-up inference, so the first timed one does not pay for lazy initialisation.
         self.session.run(None, {self.input_name: np.zeros([d or 1 for d in self.input_shape], np.float32)})
 
-    def _mismatches(self, views, codes) -> int:
-        got, _ = self.infer(views, count=False)
-        if got.shape != codes.shape:
-            raise RunnerError(f"the check vectors' codes are {list(codes.shape)}, the model gives {list(got.shape)}")
-        return int((got != codes).sum())
-
-    def describe(self) -> dict[str, Any]:
-        """Which configuration runs, what the self-check found, and the CPU's int8 flags (HELLO)."""
-        return {"configuration": {"name": self.configuration.name, "description": self.configuration.description},
-                "self_check": {"vectors": self.check_vectors, "tried": self.tried, "fallback": len(self.tried) > 1},
-                "cpu_flags": cpu_flags()}
+    def _run(self, x):
+        return self.session.run(None, {self.input_name: x})[0]
 
     def model_input(self, batch):
         """The float32 tensor the model takes for a request batch."""
@@ -370,7 +528,7 @@ class Model:
         if self.role == "node":
             if batch.dtype != np.uint8 or batch.ndim != 3:
                 raise RunnerError(f"a node takes uint8 views [B, h, w], got {batch.dtype} {list(batch.shape)}")
-            x = (batch.astype(np.float32) / np.float32(256.0))[:, None]
+            x = np.multiply(batch, np.float32(1 / 256), dtype=np.float32)[:, None]  # = pixel / 256 exactly
         else:
             if batch.ndim != 2:
                 raise RunnerError(f"a gateway takes codes [B, C], got {list(batch.shape)}")
@@ -385,6 +543,8 @@ class Model:
         """Node: integer codes round(value / 2**E) (and, for the exact model, clipped to its code
         bounds) as uint8, for the whole batch at once; gateway: float32 logits."""
         np = self._np
+        if values is None:  # an empty batch
+            values = np.zeros([0] + [d or 0 for d in self.outputs[0]["shape"][1:]], np.float32)
         if self.role == "gateway":
             return values.astype(np.float32)
         if self.code_exponent is None:  # __init__ requires it for role "node"
@@ -396,29 +556,64 @@ class Model:
             raise RunnerError(f"codes out of the uint8 range: [{codes.min()}, {codes.max()}]")
         return codes.reshape(codes.shape[0], -1).astype(np.uint8)
 
-    def infer(self, batch, count: bool = True) -> tuple[Any, Any]:
-        """(outputs, int64 ns per inference): one session.run per sample, each timed."""
+
+def _int_lstm_module() -> Any:
+    """hil_int_lstm: imported from the repository on the host, from next to this script on the device."""
+    import importlib
+
+    return importlib.import_module(f"{__package__}.hil_int_lstm" if __package__ else "hil_int_lstm")
+
+
+class IntLstmModel(RunnerModel):
+    """A node's quantized LSTM encoder as integers in numpy (``hil_int_lstm``), on int8 windows
+    [B, rows, steps] (on the wire: their bytes as uint8). Self-checked like an ONNX node; there
+    is one configuration, so a mismatch is an error."""
+
+    def __init__(self, path: str, check: tuple[Any, Any] | None = None) -> None:
+        super().__init__()
+        lstm = _int_lstm_module()
+        self.role = "node"
+        self.sha256 = _sha256(path)
+        self.file_sha256 = {"model": self.sha256}
+        self.configuration = INT_LSTM_CONFIGURATION
+        started = time.perf_counter_ns()
+        try:
+            self.lstm = lstm.load(path)
+        except (OSError, ValueError) as exc:
+            raise RunnerError(f"cannot load the integer LSTM {path}: {exc}") from exc
+        self.load_ns = time.perf_counter_ns() - started
+        self._encode = lstm.encode
+        self.input_name = "windows"
+        self.input_shape = [None, self.lstm.rows, self.lstm.steps]
+        self.outputs = [{"name": "codes", "shape": [None, self.lstm.code_len]}]
+        if check is not None:
+            mismatched = self._mismatches(*check)
+            self.tried.append({"configuration": self.configuration.name, "mismatched_codes": mismatched})
+            if mismatched:
+                raise RunnerError(f"the integer LSTM's codes differ from the export's golden check vectors in "
+                                  f"{mismatched} places: the model file and its check vectors do not belong "
+                                  "together, or this numpy computes differently")
+            self.check_vectors = int(len(check[0]))
+            self._check_batched(check)
+
+    def model_input(self, batch):
         np = self._np
-        x = self.model_input(batch)
-        n = x.shape[0]
-        timings = np.empty(n, dtype=np.int64)
-        values = []
-        run, name = self.session.run, self.input_name
-        clock = time.perf_counter_ns
-        for i in range(n):
-            sample = x[i:i + 1]
-            started = clock()
-            out = run(None, {name: sample})[0]
-            timings[i] = clock() - started
-            values.append(out)
-        if count:
-            self.inferences += n
-        stacked = np.concatenate(values, axis=0) if values else np.zeros((0,), np.float32)
-        return self.outputs_of(stacked), timings
+        if batch.dtype == np.uint8:  # the wire has no int8: windows travel as their bytes
+            batch = batch.view(np.int8)
+        if batch.dtype != np.int8 or list(batch.shape[1:]) != self.input_shape[1:] or batch.ndim != 3:
+            raise RunnerError(f"an LSTM node takes int8 windows {self.input_shape} (as uint8 bytes), "
+                              f"got {batch.dtype} {list(batch.shape)}")
+        return batch
+
+    def _run(self, x):
+        return self._encode(self.lstm, x)
+
+    def outputs_of(self, values):
+        return self._np.zeros((0, self.lstm.code_len), self._np.uint8) if values is None else values
 
 
 def load_check(path: str) -> tuple[Any, Any]:
-    """The export's check vectors: (views uint8 [n, h, w], golden codes uint8 [n, k])."""
+    """The export's check vectors: (views [n, ...] (uint8 pixels or int8 windows), golden codes uint8 [n, k])."""
     import numpy as np
 
     with np.load(path) as data:
@@ -429,45 +624,49 @@ def load_check(path: str) -> tuple[Any, Any]:
 # Main loop
 # ---------------------------------------------------------------------------------------------
 
-def _error(out: BinaryIO, text: str) -> None:
+def _error_frame(text: str) -> bytes:
+    """An ERROR frame for ``text``, which also goes to stderr (the host shows it on a crash)."""
     sys.stderr.write(f"hil_runner: error: {text}\n")
     sys.stderr.flush()
-    out.write(encode_frame(ERROR, text.encode("utf-8", "replace")))
+    return encode_frame(ERROR, text.encode("utf-8", "replace"))
+
+
+def _error(out: BinaryIO, text: str) -> None:
+    out.write(_error_frame(text))
     out.flush()
 
 
-def serve(model: Model, inp: BinaryIO, out: BinaryIO) -> int:
-    """Answer requests until QUIT (status 0) or the end of input (status 0: the host left)."""
+def _reply(model: RunnerModel, kind: int, payload: bytes) -> bytes:
+    """The reply frame to one request (ERROR for a request the runner cannot serve)."""
+    try:
+        if kind == INFER:
+            batch, end = decode_array(payload)
+            if end != len(payload):
+                raise RunnerError(f"{len(payload) - end} stray bytes after the INFER array")
+            outputs, timings = model.infer(batch)
+            return encode_frame(RESULT, encode_array(outputs) + encode_array(timings))
+        if kind == INFO:
+            facts = device_facts() | {"inferences": model.inferences}
+            return encode_frame(INFO, json.dumps(facts).encode())
+        raise RunnerError(f"unknown message type {kind:#04x}")
+    except RunnerError as exc:
+        return _error_frame(str(exc))
+    except Exception as exc:  # onnxruntime raises its own types; the host gets the text
+        return _error_frame(f"{type(exc).__name__}: {exc}")
+
+
+def serve(model: RunnerModel, inp: BinaryIO, out: BinaryIO) -> int:
+    """Answer requests until QUIT (status 0), the end of input (status 0: the host left) or a
+    bad frame (status 2, after an ERROR reply)."""
     while True:
         try:
             frame = read_frame(inp)
         except RunnerError as exc:
             _error(out, f"bad frame: {exc}")
             return 2
-        if frame is None:
+        if frame is None or frame[0] == QUIT:
             return 0
-        kind, payload = frame
-        if kind == QUIT:
-            return 0
-        try:
-            if kind == INFER:
-                batch, end = decode_array(payload)
-                if end != len(payload):
-                    raise RunnerError(f"{len(payload) - end} stray bytes after the INFER array")
-                outputs, timings = model.infer(batch)
-                reply = encode_frame(RESULT, encode_array(outputs) + encode_array(timings))
-            elif kind == INFO:
-                facts = device_facts() | {"inferences": model.inferences}
-                reply = encode_frame(INFO, json.dumps(facts).encode())
-            else:
-                raise RunnerError(f"unknown message type {kind:#04x}")
-        except RunnerError as exc:
-            _error(out, str(exc))
-            continue
-        except Exception as exc:  # onnxruntime raises its own types; the host gets the text
-            _error(out, f"{type(exc).__name__}: {exc}")
-            continue
-        out.write(reply)
+        out.write(_reply(model, *frame))
         out.flush()
 
 
@@ -479,30 +678,50 @@ def _protocol_stdout() -> BinaryIO:
     return os.fdopen(private, "wb", buffering=0)
 
 
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def load_model(args: argparse.Namespace) -> RunnerModel:
+    """The model the command line names, self-checked."""
+    check = load_check(args.check) if args.check else None
+    model: RunnerModel
+    if args.kind == "int-lstm":
+        if args.role != "node":
+            raise RunnerError("an integer LSTM is a node encoder (--role node)")
+        model = IntLstmModel(args.model, check)
+    else:
+        model = Model(args.model, args.role, args.code_exponent, args.threads, args.exact_model, check)
+    if args.check:
+        model.file_sha256["check"] = _sha256(args.check)
+    return model
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="hilbench device-side ONNX runner (protocol on stdin/stdout)")
+    parser = argparse.ArgumentParser(description="hilbench device-side runner (protocol on stdin/stdout)")
     parser.add_argument("--model", required=True)
     parser.add_argument("--role", choices=("node", "gateway"), required=True)
+    parser.add_argument("--kind", choices=("onnx", "int-lstm"), default="onnx",
+                        help="the model file: ONNX (onnxruntime) or a node's integer LSTM (numpy)")
     parser.add_argument("--code-exponent", type=int, default=None)
     parser.add_argument("--exact-model", default=None, help="node: the export's exact float32 lowering")
     parser.add_argument("--check", default=None, help="node: the export's check vectors (.npz: views, codes)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="onnxruntime intra-op threads (default 1: one sample per inference is latency-bound)")
+                        help="onnxruntime intra-op and numpy BLAS threads (default 1, as one small inference "
+                             "is latency-bound)")
     args = parser.parse_args(argv)
+    for variable in BLAS_THREAD_VARIABLES:  # read by numpy's BLAS when it loads: before the import below
+        os.environ[variable] = str(args.threads)
     out = _protocol_stdout()
     inp = sys.stdin.buffer
     try:
         import numpy
         import onnxruntime
 
-        check = load_check(args.check) if args.check else None
-        model = Model(args.model, args.role, args.code_exponent, args.threads, args.exact_model, check)
-        if args.check:
-            model.file_sha256["check"] = _sha256(args.check)
+        model = load_model(args)
     except Exception as exc:
         _error(out, f"cannot load model {args.model!r}: {type(exc).__name__}: {exc}")
         return 1
-    hello = {"protocol": PROTOCOL_VERSION, "role": args.role, "model_sha256": model.sha256,
+    hello = {"protocol": PROTOCOL_VERSION, "role": args.role, "kind": args.kind, "model_sha256": model.sha256,
              "file_sha256": model.file_sha256, **model.describe(),
              "input_name": model.input_name, "input_shape": model.input_shape, "outputs": model.outputs,
              "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,

@@ -15,6 +15,7 @@ DEVICES_DIR = REPO_ROOT / "devices"
 SHIPPED_PROFILES = DEVICES_DIR / "profiles"
 SHIPPED_RADIOS = DEVICES_DIR / "radios"
 RUNNER_SOURCE = DEVICES_DIR / "runner" / "hil_runner.py"
+INT_LSTM_RUNNER_SOURCE = DEVICES_DIR / "runner" / "hil_int_lstm.py"  # imported by the runner for LSTM nodes
 EMULATOR_ASSETS = DEVICES_DIR / "emulators"
 
 FIRMWARE_DIR = DEVICES_DIR / "firmware"
@@ -71,4 +72,5 @@ def firmware_source_digest() -> str:
 def device_code_digest() -> str:
     """What runs on the devices besides the model: the firmware sources and the Linux runner. A
     run measured with other device code is another run (its counts and timings differ)."""
-    return hashlib.sha256(f"{firmware_source_digest()}\n".encode() + RUNNER_SOURCE.read_bytes()).hexdigest()
+    runner = b"".join(path.read_bytes() for path in (RUNNER_SOURCE, INT_LSTM_RUNNER_SOURCE))
+    return hashlib.sha256(f"{firmware_source_digest()}\n".encode() + runner).hexdigest()

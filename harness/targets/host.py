@@ -1,5 +1,6 @@
-"""The host as a device: a node's QCDQ encoder (profile kind ``local``) and the head (the
-``host`` gateway) in onnxruntime on this machine, timed with the monotonic clock."""
+"""The host as a device: a node's encoder (profile kind ``local``) through the device runner's
+code on this machine (QCDQ in onnxruntime, a quantized LSTM's integer model in numpy) and the
+head (the ``host`` gateway) in onnxruntime, timed with the monotonic clock."""
 from __future__ import annotations
 
 import time
@@ -13,31 +14,28 @@ from harness.config.profiles import DeviceProfile
 from harness.targets.contract import (HOST_BASIS, Gateway, NodeInfo, NodeReply, NodeTarget, OneAtATime, register_gateway,
                                       register_node_target)
 from harness.core.errors import DeviceError
-from quant_models.intparams import IntEncoder
-from quant_models.manifest import NodeFiles, NodeModel, node_files
+from harness.targets.linux.runner_files import RunnerFiles, open_in_process, runner_files
+from quant_models.manifest import NodeModel
 from quant_models.packing import pack_codes
+
+INT_LSTM_HOST_BASIS = "measured on host (integer LSTM in numpy: onnxruntime cannot run QuantLSTM; monotonic clock)"
 
 
 class LocalNodeTarget(OneAtATime):
-    """The node's encoder in onnxruntime on this machine, run as the device runner runs it
-    (devices/runner/hil_runner.py: the same exact configurations, self-check and timing)."""
+    """The node's encoder on this machine, run as the device runner runs it
+    (devices/runner/hil_runner.py: the same configurations, self-check and timing)."""
 
-    def __init__(self, profile: DeviceProfile, encoder: IntEncoder, files: NodeFiles):
+    def __init__(self, profile: DeviceProfile, encoder: NodeModel, files: RunnerFiles):
         import onnxruntime as ort
 
-        from devices.runner.hil_runner import Model, RunnerError, load_check
+        from devices.runner.hil_runner import RunnerError
 
-        if files.check_vectors is None:
-            raise DeviceError(f"{files.onnx.parent}: the export has no check vectors for node {encoder.node}; "
-                              "export the model again")
-        self.profile = profile
-        self.encoder: NodeModel = encoder
+        self.profile, self.encoder = profile, encoder
         try:
-            self.model = Model(str(files.onnx), "node", encoder.code_exponent, threads=1,
-                               exact_path=None if files.exact_onnx is None else str(files.exact_onnx),
-                               check=load_check(str(files.check_vectors)))
+            self.model = open_in_process(files)
         except RunnerError as exc:
             raise DeviceError(f"{profile.name}: node {encoder.node}: {exc}") from exc
+        self.basis = HOST_BASIS if files.kind == "onnx" else INT_LSTM_HOST_BASIS
         self.info = NodeInfo(board="host", extra={"onnxruntime": ort.__version__, **self.model.describe()})
 
     def infer(self, view: np.ndarray) -> NodeReply:
@@ -46,14 +44,14 @@ class LocalNodeTarget(OneAtATime):
         elapsed_ns = time.perf_counter_ns() - start
         packed = pack_codes(codes, self.encoder.code_bits)[0].tobytes()
         ns = int(device_ns[0])
-        return NodeReply(code=packed, latency=ns / 1000, latency_unit="us", latency_basis=HOST_BASIS,
+        return NodeReply(code=packed, latency=ns / 1000, latency_unit="us", latency_basis=self.basis,
                          host_rtt_s=elapsed_ns / 1e9, device_count=float(ns), device_unit="ns")
 
 
 @register_node_target("local")
 @contextmanager
-def _local_node(profile: DeviceProfile, encoder: IntEncoder, export_dir: Path) -> Iterator[NodeTarget]:
-    yield LocalNodeTarget(profile, encoder, node_files(export_dir, encoder.node))
+def _local_node(profile: DeviceProfile, encoder: NodeModel, export_dir: Path) -> Iterator[NodeTarget]:
+    yield LocalNodeTarget(profile, encoder, runner_files(export_dir, encoder))
 
 
 class HostGateway:

@@ -126,3 +126,101 @@ def test_bad_requests_get_error_replies_and_the_runner_serves_on(tmp_path) -> No
 def test_node_role_needs_a_code_exponent(tmp_path) -> None:
     with pytest.raises(wire.RunnerError, match="needs --code-exponent"):
         wire.Model(_model(tmp_path, "flat", ["batch", 1, 2, 2], ["batch", 4]), "node", None, threads=1)
+
+
+def _flat_check(views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Check vectors for the "flat" node (code = rint(pixel / 64)), as an export writes them."""
+    return views, np.rint(views.reshape(len(views), -1) / 64.0).astype(np.uint8)
+
+
+def _batch_dependent_model(tmp_path) -> str:
+    """A "node encoder" that is exact one view at a time but not in a batch: it adds one code
+    (2^-2) to every value when the batch has more than one view, as a kernel that mixed up a
+    batch's rows might."""
+    consts = [helper.make_tensor("quarter", TensorProto.FLOAT, [], [0.25]),
+              helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+              helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+              helper.make_tensor("zero", TensorProto.INT64, [], [0])]
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"]),
+             helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["batch"]),
+             helper.make_node("Cast", ["batch"], ["batch_f"], to=TensorProto.FLOAT),
+             helper.make_node("Min", ["batch_f", "two"], ["capped"]),
+             helper.make_node("Sub", ["capped", "one"], ["several"]),  # 0 for one view, 1 for more
+             helper.make_node("Mul", ["several", "quarter"], ["shift"]),
+             helper.make_node("Add", ["flat", "shift"], ["y"])]
+    graph = helper.make_graph(nodes, "batch-dependent",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "batch-dependent.onnx"
+    save(model, str(path))
+    return str(path)
+
+
+def _result(reply: tuple[int, bytes]) -> tuple[np.ndarray, np.ndarray]:
+    kind, payload = reply
+    assert kind == wire.RESULT
+    codes, end = wire.decode_array(payload)
+    ns, end = wire.decode_array(payload, end)
+    assert end == len(payload)
+    return codes, ns
+
+
+VIEWS = np.random.default_rng(0).integers(0, 256, (10, 2, 2)).astype(np.uint8)
+
+
+def test_a_self_checked_node_runs_a_batch_in_batch_calls_and_says_so(tmp_path) -> None:
+    model = wire.Model(_model(tmp_path, "flat", ["batch", 1, 2, 2], ["batch", 4]), "node", -2, threads=1,
+                       check=_flat_check(VIEWS))
+    batching = model.describe()["batching"]
+    assert batching == {"batch_calls": True, "views_per_call": wire.ONNX_CALL_VIEWS, "timing": wire.BATCH_TIMING,
+                        "checked_batch": {"views": wire.CHECK_BATCH, "mismatched_codes": 0}}
+    replies = _serve(model, wire.encode_frame(wire.INFER, wire.encode_array(VIEWS)),
+                     wire.encode_frame(wire.INFER, wire.encode_array(VIEWS[:1])))
+    (codes, ns), (one_code, one_ns) = _result(replies[0]), _result(replies[1])
+    assert (codes == _flat_check(VIEWS)[1]).all() and (one_code == codes[:1]).all()
+    assert ns.shape == (1,) and one_ns.shape == (1,) and ns[0] > 0 and model.inferences == 11
+    per_view, shared = wire.per_inference_ns(ns, len(VIEWS))
+    assert (shared == len(VIEWS)).all() and per_view.sum() == ns[0] and per_view.max() - per_view.min() <= 1
+
+
+def test_a_node_whose_batched_calls_are_wrong_runs_view_by_view(tmp_path) -> None:
+    model = wire.Model(_batch_dependent_model(tmp_path), "node", -2, threads=1, check=_flat_check(VIEWS))
+    described = model.describe()
+    assert described["self_check"]["tried"] == [{"configuration": "qcdq-unfused", "mismatched_codes": 0}]
+    assert described["batching"]["batch_calls"] is False and described["batching"]["views_per_call"] == 1
+    assert described["batching"]["timing"] == wire.PER_VIEW_TIMING
+    assert described["batching"]["checked_batch"]["mismatched_codes"] == wire.CHECK_BATCH * 4  # every value off
+    codes, ns = _result(_serve(model, wire.encode_frame(wire.INFER, wire.encode_array(VIEWS)))[0])
+    assert (codes == _flat_check(VIEWS)[1]).all() and ns.shape == (len(VIEWS),) and (ns > 0).all()
+
+
+def test_without_check_vectors_or_a_free_batch_axis_every_view_is_its_own_call(tmp_path) -> None:
+    unchecked = wire.Model(_model(tmp_path, "flat", ["batch", 1, 2, 2], ["batch", 4]), "node", -2, threads=1)
+    fixed = wire.Model(_model(tmp_path, "fixed", [1, 1, 2, 2], [1, 4]), "node", -2, threads=1,
+                       check=_flat_check(VIEWS))
+    for model in (unchecked, fixed):
+        assert model.describe()["batching"]["batch_calls"] is False
+        _, ns = model.infer(VIEWS)
+        assert ns.shape == (len(VIEWS),)
+    assert fixed.describe()["batching"]["checked_batch"] == {"views": 0, "mismatched_codes": None}
+
+
+def test_per_inference_ns_reads_both_timing_forms() -> None:
+    ns, shared = wire.per_inference_ns(np.array([5, 7, 9]), 3)
+    assert ns.tolist() == [5, 7, 9] and shared.tolist() == [1, 1, 1]
+    ns, shared = wire.per_inference_ns(np.array([1000]), 3)  # one call for three views: 333.3 ns each
+    assert ns.tolist() == [334, 333, 333] and shared.tolist() == [3, 3, 3]  # adding up to the 1000 ns
+    assert wire.per_inference_ns(np.array([42]), 1)[1].tolist() == [1]
+    with pytest.raises(wire.RunnerError, match=r"\[2\] timings for a batch of 3 views"):
+        wire.per_inference_ns(np.array([1, 2]), 3)
+
+
+def test_a_batch_larger_than_one_call_is_still_timed_once(tmp_path) -> None:
+    model = wire.Model(_model(tmp_path, "flat", ["batch", 1, 2, 2], ["batch", 4]), "node", -2, threads=1,
+                       check=_flat_check(VIEWS))
+    views = np.resize(VIEWS, (wire.ONNX_CALL_VIEWS * 2 + 5, 2, 2))  # three session.run calls
+    codes, ns = model.infer(views)
+    assert (codes == _flat_check(views)[1]).all() and ns.shape == (1,)

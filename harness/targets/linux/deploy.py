@@ -12,8 +12,8 @@ timings mean) and tears down whatever it started:
 * ``ssh`` (a real device): the profile's ``ssh`` section; the runner's venv is provisioned on
   first use (index, else wheels uploaded from the host).
 
-:func:`deploy_linux_target` is the one entry point; :func:`linux_device` lets several targets
-share one launched device.
+:func:`deploy_linux_target` is the one entry point (:func:`deploy_linux_node` for a node of an
+export, ONNX or integer LSTM); :func:`linux_device` lets several targets share one launched device.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from harness.core.registry import Registry
 from harness.config.profiles import DeviceProfile
 from harness.targets.linux.driver import DEFAULT_BATCH_SIZE, LinuxTarget
 from harness.targets.linux.runner_env import RunnerEnvSpec
+from harness.targets.linux.runner_files import ModelKind, RunnerFiles
 from harness.transports.faults import active_link_faults, fault_proxy
 from harness.transports.ssh import SshConnection, SshEndpoint
 
@@ -121,6 +122,7 @@ def deploy_linux_target(
     model_path: Path,
     role: Literal["node", "gateway"],
     *,
+    kind: ModelKind = "onnx",
     code_exponent: int | None = None,
     view_shape: tuple[int, int] | None = None,
     exact_model_path: Path | None = None,
@@ -131,8 +133,9 @@ def deploy_linux_target(
 ) -> Iterator[LinuxTarget]:
     """A deployed, started :class:`LinuxTarget` for ``model_path`` on ``profile``'s device.
 
-    ``role``: "node" (an encoder; needs ``code_exponent`` and the export's ``check_path``, and
-    runs ``exact_model_path`` first where the export has one) or "gateway" (the head). ``access``:
+    ``role``: "node" (an encoder; needs the export's ``check_path``; an ONNX one also needs
+    ``code_exponent`` and runs ``exact_model_path`` first where the export has one; ``kind``
+    "int-lstm": ``model_path`` is an LSTM node's integer model) or "gateway" (the head). ``access``:
     an already launched device (from :func:`linux_device`) to share; otherwise the device is
     launched here and stopped on exit. With link faults active in this thread (the run engine's
     ``--link-faults``), the SSH connection goes through a fault proxy (``link_stream`` seeds it).
@@ -146,10 +149,20 @@ def deploy_linux_target(
             endpoint = replace(endpoint, via=("127.0.0.1", proxy.port))
         connection = stack.enter_context(SshConnection(endpoint))
         target = LinuxTarget(connection, Path(model_path), role, python=access.python, env=access.env,
-                             workdir=access.workdir, code_exponent=code_exponent, view_shape=view_shape,
+                             workdir=access.workdir, kind=kind, code_exponent=code_exponent, view_shape=view_shape,
                              exact_model_path=exact_model_path, check_path=check_path,
                              emulated=access.emulated, timing_basis=access.timing_basis, batch_size=batch_size,
                              startup_timeout_s=access.startup_timeout_s, reply_timeout_s=access.reply_timeout_s)
         stack.enter_context(target)
         target.fault_proxy = proxy
         yield target
+
+
+def deploy_linux_node(profile: DeviceProfile, files: RunnerFiles, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                      access: LinuxAccess | None = None, link_stream: int = 0) -> ContextManager[LinuxTarget]:
+    """:func:`deploy_linux_target` for one node of an export (see
+    :func:`harness.targets.linux.runner_files.runner_files`)."""
+    return deploy_linux_target(profile, files.model, "node", kind=files.kind, code_exponent=files.code_exponent,
+                               view_shape=files.input_shape, exact_model_path=files.exact_model,
+                               check_path=files.check, batch_size=batch_size, access=access,
+                               link_stream=link_stream)

@@ -2,23 +2,25 @@
 
 Deploy: make sure the device has a python with onnxruntime and numpy
 (:mod:`harness.targets.linux.runner_env`, unless the device brings one), upload the runner
-(``devices/runner/hil_runner.py``) and the ONNX model with SFTP under content-addressed names,
-and start the runner once. Every batch then goes over that one long-lived SSH session: the
-device times each inference with its monotonic clock (``time.perf_counter_ns``), the host times
-each batch's round trip separately.
+(``devices/runner/hil_runner.py``, and ``hil_int_lstm.py`` next to it for an LSTM node) and the
+model files with SFTP under content-addressed names, and start the runner once. Every batch then
+goes over that one long-lived SSH session: the device times its inferences with its monotonic
+clock (``time.perf_counter_ns``; one view at a time, or a whole batch in one call where its
+self-check allowed that, see :attr:`EncodeResult.timed_together`), the host times each batch's
+round trip separately.
 
-Two roles: a *node* runs its encoder on uint8 views and returns integer codes (the host packs
-them with :func:`quant_models.packing.pack_codes`, as a node would before radioing them); the
-*gateway* runs the head on all nodes' codes and returns logits. The runner converts inputs and
-outputs exactly as the harness does (``pixel / 256`` in, ``round(value / 2**code_exponent)``
-out), so a Linux node's codes are comparable bit for bit with the golden model's.
+Two roles: a *node* runs its encoder and returns integer codes (the host packs them with
+:func:`quant_models.packing.pack_codes`, as a node would before radioing them); the *gateway*
+runs the head on all nodes' codes and returns logits. A node's model is ONNX (``kind="onnx"``:
+uint8 views in; the runner converts inputs and outputs exactly as the harness does,
+``pixel / 256`` in, ``round(value / 2**code_exponent)`` out) or an integer LSTM
+(``kind="int-lstm"``: int8 windows in, run in numpy on the device because onnxruntime cannot
+run a quantized LSTM), so a Linux node's codes are comparable bit for bit with the golden model's.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -27,11 +29,15 @@ import numpy as np
 
 from devices.runner import hil_runner as wire
 from harness.core.errors import DeviceError, ProtocolError
-from harness.core.paths import RUNNER_SOURCE
+from harness.core.paths import INT_LSTM_RUNNER_SOURCE, RUNNER_SOURCE
 from harness.targets.linux.runner_env import RunnerEnvSpec, ensure_runner_env
+from harness.targets.linux.runner_files import ModelKind
 from harness.transports.ssh import RemoteProcess, SshConnection
 
 Role = Literal["node", "gateway"]
+RUNNER_FILES: dict[ModelKind, tuple[Path, ...]] = {"onnx": (RUNNER_SOURCE,),
+                                                   "int-lstm": (RUNNER_SOURCE, INT_LSTM_RUNNER_SOURCE)}
+"""The device code a model kind needs, deployed side by side (the runner imports hil_int_lstm)."""
 DEFAULT_BATCH_SIZE = 256
 IN_FLIGHT = 3  # batches sent ahead of their replies
 
@@ -46,6 +52,12 @@ class EncodeResult(NamedTuple):
     codes: np.ndarray  # uint8 [B, k]: integer codes, in order
     device_ns: np.ndarray  # int64 [B]: each inference on the device's monotonic clock
     round_trip_s: np.ndarray  # float64 [batches]: host wall time per batch, send to reply
+    timed_together: np.ndarray  # int64 [B]: views that shared the timing: 1 = its own; n = its batch, ns = time / n
+
+    @property
+    def timing(self) -> str:
+        """How ``device_ns`` was measured, in words."""
+        return timing_description(self.timed_together)
 
     def packed(self, bits: int) -> np.ndarray:
         """The bytes the node transmits per view (see :mod:`quant_models.packing`)."""
@@ -60,10 +72,34 @@ class ClassifyResult(NamedTuple):
     logits: np.ndarray  # float32 [B, classes]
     device_ns: np.ndarray  # int64 [B]
     round_trip_s: np.ndarray  # float64 [batches]
+    timed_together: np.ndarray  # int64 [B], as EncodeResult's
 
     @property
     def predictions(self) -> np.ndarray:
         return self.logits.argmax(axis=1)
+
+
+class _Reply(NamedTuple):
+    outputs: np.ndarray
+    device_ns: np.ndarray
+    timed_together: np.ndarray
+    round_trip_s: float
+
+
+class _Batches(NamedTuple):
+    outputs: np.ndarray
+    device_ns: np.ndarray
+    timed_together: np.ndarray
+    round_trip_s: np.ndarray
+
+
+def timing_description(timed_together: np.ndarray) -> str:
+    """What per-inference device times are, given how many views shared each timed call."""
+    shared = np.asarray(timed_together)
+    if not shared.size or (shared == 1).all():
+        return wire.PER_VIEW_TIMING
+    sizes = sorted({int(n) for n in np.unique(shared)})
+    return f"{wire.BATCH_TIMING} (timed batches of {', '.join(map(str, sizes))} views)"
 
 
 @dataclass(frozen=True)
@@ -82,6 +118,7 @@ class DeviceInfo:
     timing_basis: str
     model_load_ns: int
     inferences: int
+    cpu_ns: int  # the runner process's CPU time so far (user + system, all its threads)
 
 
 class LinuxTarget:
@@ -96,6 +133,7 @@ class LinuxTarget:
         python: str | None = None,
         env: RunnerEnvSpec | None = None,
         workdir: str = "hilbench",
+        kind: ModelKind = "onnx",
         code_exponent: int | None = None,
         view_shape: tuple[int, int] | None = None,
         exact_model_path: Path | None = None,
@@ -109,14 +147,18 @@ class LinuxTarget:
     ) -> None:
         """``python``: a device interpreter that already has onnxruntime and numpy (None:
         provision a venv as ``env`` says). ``workdir``: device directory for the runner and models
-        (relative to the login user's home, or absolute). ``code_exponent``: required for the
-        node role (the manifest's value). ``view_shape``: if given, views are checked against it.
-        ``check_path`` (node role, required): the export's check vectors, which the runner's
-        self-check encodes before it serves; ``exact_model_path``: the export's exact float32
-        lowering, the runner's first choice (see devices/runner/hil_runner.py)."""
+        (relative to the login user's home, or absolute). ``kind``: "onnx", or "int-lstm" for an
+        LSTM node's integer model (``model_path``: the export's ``nodeI.int.json``).
+        ``code_exponent``: required for an ONNX node (the manifest's value). ``view_shape``: if
+        given, views (an LSTM's windows: rows, steps) are checked against it. ``check_path``
+        (node role, required): the export's check vectors, which the runner's self-check encodes
+        before it serves; ``exact_model_path``: the export's exact float32 lowering, the runner's
+        first choice (see devices/runner/hil_runner.py)."""
         if role not in ("node", "gateway"):
             raise DeviceError(f"unknown role {role!r}: a Linux device is a 'node' or the 'gateway'")
-        if role == "node" and code_exponent is None:
+        if kind not in RUNNER_FILES or (kind == "int-lstm" and role != "node"):
+            raise DeviceError(f"unknown model kind {kind!r} for the {role} role: 'onnx', or 'int-lstm' for a node")
+        if role == "node" and kind == "onnx" and code_exponent is None:
             raise DeviceError("the node role needs code_exponent (the manifest's 'code_exponent' of the node)")
         if role == "node" and check_path is None:
             raise DeviceError("the node role needs the export's check vectors (the manifest's 'check_vectors'): "
@@ -129,6 +171,7 @@ class LinuxTarget:
         self.exact_model_path = Path(exact_model_path) if exact_model_path is not None else None
         self.check_path = Path(check_path) if check_path is not None else None
         self.role: Role = role
+        self.kind: ModelKind = kind
         self.python = python
         self.env = env or RunnerEnvSpec()
         self.workdir = workdir.rstrip("/") or "/"
@@ -158,11 +201,13 @@ class LinuxTarget:
         if not self.model_path.is_file():
             raise DeviceError(f"{self.where}: model {self.model_path} does not exist")
         python = self.python or ensure_runner_env(self.connection, self.env)
-        runner_remote = self._upload_content_addressed(RUNNER_SOURCE, "runner", "hil_runner")
+        runner_remote = self._upload_runner()
         model_remote = self._upload_content_addressed(self.model_path, "models", "model")
-        argv = [python, runner_remote, "--model", model_remote, "--role", self.role, "--threads", str(self.threads)]
+        argv = [python, runner_remote, "--model", model_remote, "--kind", self.kind, "--role", self.role,
+                "--threads", str(self.threads)]
         if self.role == "node":
-            argv += ["--code-exponent", str(self.code_exponent)]
+            if self.code_exponent is not None:
+                argv += ["--code-exponent", str(self.code_exponent)]
             if self.exact_model_path is not None:
                 argv += ["--exact-model", self._upload_content_addressed(self.exact_model_path, "models", "exact")]
             if self.check_path is not None:
@@ -174,6 +219,19 @@ class LinuxTarget:
             self.close()
             raise
         return self._hello
+
+    def _upload_runner(self) -> str:
+        """Upload the device code this model kind needs into WORKDIR/runner/<digest of all the
+        runner's sources>/ (their own names, so the runner finds hil_int_lstm next to it); the
+        remote path of hil_runner.py."""
+        digest = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest()
+                                         for p in RUNNER_FILES["int-lstm"])).hexdigest()[:16]
+        directory = f"{self.workdir}/runner/{digest}"
+        for source in RUNNER_FILES[self.kind]:
+            remote = f"{directory}/{source.name}"
+            if not self.connection.exists(remote):
+                self.connection.upload(source, remote)
+        return f"{directory}/{RUNNER_SOURCE.name}"
 
     def _upload_content_addressed(self, local: Path, subdir: str, stem: str) -> str:
         """Upload ``local`` as WORKDIR/SUBDIR/STEM-<sha256 prefix><suffix> unless already there:
@@ -214,7 +272,7 @@ class LinuxTarget:
         """How the runner runs the model, what its self-check found, and the CPU's int8 flags."""
         hello = self.hello
         return {"configuration": hello["configuration"], "self_check": hello["self_check"],
-                "cpu_flags": hello["cpu_flags"]}
+                "batching": hello["batching"], "cpu_flags": hello["cpu_flags"]}
 
     @property
     def hello(self) -> dict:
@@ -226,18 +284,22 @@ class LinuxTarget:
     # -- requests ----------------------------------------------------------------------------
 
     def encode(self, views: np.ndarray) -> EncodeResult:
-        """Node role: integer codes of uint8 views [B, h, w], device ns per inference, and the
-        host round trip of each batch."""
+        """Node role: integer codes of uint8 views [B, h, w] (an LSTM node: int8 windows
+        [B, rows, steps]), device ns per inference, and the host round trip of each batch."""
         if self.role != "node":
             raise DeviceError(f"{self.where} runs the head (gateway role); encode() needs a node")
         views = np.asarray(views)
-        if views.dtype != np.uint8 or views.ndim != 3:
-            raise DeviceError(f"{self.where}: views must be uint8 [B, h, w], got {views.dtype} {list(views.shape)}")
+        dtype = np.int8 if self.kind == "int-lstm" else np.uint8
+        if views.dtype != dtype or views.ndim != 3:
+            raise DeviceError(f"{self.where}: {'windows' if self.kind == 'int-lstm' else 'views'} must be "
+                              f"{np.dtype(dtype).name} [B, h, w], got {views.dtype} {list(views.shape)}")
         if self.view_shape is not None and tuple(views.shape[1:]) != self.view_shape:
             raise DeviceError(f"{self.where}: the node's model takes {self.view_shape} views, got "
                               f"{tuple(views.shape[1:])}")
-        codes, device_ns, rtt = self._run_batches(views)
-        return EncodeResult(codes.astype(np.uint8, copy=False), device_ns, rtt)
+        # The wire has no int8: windows travel as their two's-complement bytes.
+        done = self._run_batches(views.view(np.uint8))
+        return EncodeResult(done.outputs.astype(np.uint8, copy=False), done.device_ns, done.round_trip_s,
+                            done.timed_together)
 
     def classify(self, codes: np.ndarray) -> ClassifyResult:
         """Gateway role: logits for integer codes [B, C] (all nodes' codes in node order)."""
@@ -250,54 +312,50 @@ class LinuxTarget:
             if codes.size and (codes.min() < 0 or codes.max() > 255):
                 raise DeviceError(f"{self.where}: integer codes must be in 0..255")
             codes = codes.astype(np.uint8)  # the smallest exact form on the wire
-        logits, device_ns, rtt = self._run_batches(codes)
-        return ClassifyResult(logits.astype(np.float32, copy=False), device_ns, rtt)
+        done = self._run_batches(codes)
+        return ClassifyResult(done.outputs.astype(np.float32, copy=False), done.device_ns, done.round_trip_s,
+                              done.timed_together)
 
-    def _run_batches(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _run_batches(self, inputs: np.ndarray) -> _Batches:
         """Batches of ``inputs`` through the runner, :data:`IN_FLIGHT` at a time: while the
-        device computes one batch the next is already on its way, so the link's latency and
-        transfer overlap the device's work. A batch's round trip runs from sending it to its
-        reply (so it may include waiting behind the batch before it)."""
+        device computes one batch the next ones are already on their way, so the link's latency
+        and transfer overlap the device's work. The whole stream is one exchange on the
+        connection's event loop (:meth:`RemoteProcess.stream`), so a batch costs the host no
+        thread hand-off. A batch's round trip runs from sending it to its reply (so it may
+        include waiting behind the batches before it). Every reply is read before a refused
+        batch is reported, so the session stays in step."""
         process = self._require()
-        batches = [inputs[start:start + self.batch_size] for start in range(0, len(inputs), self.batch_size)]
-        sent_at: deque[float] = deque()
-
-        def send(index: int) -> None:
-            frame = wire.encode_frame(wire.INFER, wire.encode_array(batches[index]))
-            sent_at.append(time.perf_counter())
-            process.send(frame, self.reply_timeout_s)
-
-        for index in range(min(IN_FLIGHT, len(batches))):
-            send(index)
-        outputs, timings, round_trips = [], [], []
-        for index, batch in enumerate(batches):
-            body = process.read_frame(self.reply_timeout_s)
-            round_trips.append(time.perf_counter() - sent_at.popleft())
-            if index + IN_FLIGHT < len(batches):
-                send(index + IN_FLIGHT)
-            kind, payload = self._split(body, "RESULT")
-            if kind == wire.ERROR:
-                for _ in sent_at:  # the replies still on their way: the session stays in step
-                    process.read_frame(self.reply_timeout_s)
-                raise DeviceError(f"{self.where}: the runner refused a batch: {payload.decode('utf-8', 'replace')}")
-            if kind != wire.RESULT:
-                raise ProtocolError(f"{self.where}: expected RESULT, got message type {kind:#04x}")
-            try:
-                out, end = wire.decode_array(payload)
-                ns, end = wire.decode_array(payload, end)
-            except wire.RunnerError as exc:
-                raise ProtocolError(f"{self.where}: malformed RESULT: {exc}") from exc
-            if end != len(payload) or out.ndim == 0 or len(out) != len(batch) or ns.shape != (len(batch),):
-                raise ProtocolError(f"{self.where}: RESULT for {len(batch)} inputs has outputs {list(out.shape)} "
-                                    f"and timings {list(ns.shape)}")
-            outputs.append(out)
-            timings.append(ns.astype(np.int64, copy=False))
-        if not outputs:
+        count = len(inputs)
+        if not count:
             raise DeviceError(f"{self.where}: nothing to run (empty input)")
-        return np.concatenate(outputs), np.concatenate(timings), np.asarray(round_trips, dtype=np.float64)
+        starts = range(0, count, self.batch_size)
+        frames = (wire.encode_frame(wire.INFER, wire.encode_array(inputs[s:s + self.batch_size])) for s in starts)
+        answers = process.stream(frames, IN_FLIGHT, self.reply_timeout_s)
+        replies = [self._result(body, min(self.batch_size, count - start), round_trip)
+                   for start, (body, round_trip) in zip(starts, answers)]
+        return _Batches(np.concatenate([r.outputs for r in replies]), np.concatenate([r.device_ns for r in replies]),
+                        np.concatenate([r.timed_together for r in replies]),
+                        np.asarray([r.round_trip_s for r in replies], dtype=np.float64))
+
+    def _result(self, body: bytes, views: int, round_trip_s: float) -> _Reply:
+        """One batch's RESULT: outputs, and ns per inference from the device's timings."""
+        kind, payload = self._split(body, "RESULT")
+        if kind == wire.ERROR:
+            raise DeviceError(f"{self.where}: the runner refused a batch: {payload.decode('utf-8', 'replace')}")
+        if kind != wire.RESULT:
+            raise ProtocolError(f"{self.where}: expected RESULT, got message type {kind:#04x}")
+        try:
+            out, end = wire.decode_array(payload)
+            ns, end = wire.decode_array(payload, end)
+            device_ns, timed_together = wire.per_inference_ns(ns, views)
+        except wire.RunnerError as exc:
+            raise ProtocolError(f"{self.where}: malformed RESULT: {exc}") from exc
+        if end != len(payload) or out.ndim == 0 or len(out) != views:
+            raise ProtocolError(f"{self.where}: RESULT for {views} inputs has outputs {list(out.shape)}")
+        return _Reply(out, device_ns, timed_together, round_trip_s)
 
     def info(self) -> DeviceInfo:
-        """CPU model, governor, the runner's peak RSS so far, versions, and the timing basis."""
+        """CPU model, governor, the runner's peak RSS and CPU time so far, versions, and the timing basis."""
         process = self._require()
         hello = self.hello
         kind, payload = self._split(process.exchange(wire.encode_frame(wire.INFO), self.reply_timeout_s), "INFO")
@@ -308,7 +366,8 @@ class LinuxTarget:
                           peak_rss_bytes=int(facts["peak_rss_bytes"]), machine=hello["machine"],
                           python=hello["python"], onnxruntime=hello["onnxruntime"], numpy=hello["numpy"],
                           emulated=self.emulated, timing_basis=self.timing_basis,
-                          model_load_ns=int(hello["load_ns"]), inferences=int(facts["inferences"]))
+                          model_load_ns=int(hello["load_ns"]), inferences=int(facts["inferences"]),
+                          cpu_ns=int(facts["cpu_ns"]))
 
     def _split(self, body: bytes, expecting: str) -> tuple[int, bytes]:
         if not body:

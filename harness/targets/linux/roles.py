@@ -1,9 +1,10 @@
 """Linux devices in the run engine's two roles, and the ``hilbench devices check`` of one.
 
-Registers, for profiles of kind ``linux``, a node target (the node's QCDQ encoder on the device;
-one view per request, over the one runner session, packed into the bytes a node sends) and a
-gateway (the head on all nodes' codes, in batches) with :mod:`harness.targets.contract`, which
-loads this module when a ``linux`` kind is first asked for.
+Registers, for profiles of kind ``linux``, a node target (the node's encoder on the device: its
+QCDQ ONNX, or a quantized LSTM's integer model in numpy; one view per request, each timed on its
+own, over the one runner session, packed into the bytes a node sends) and a gateway (the head on
+all nodes' codes, in batches) with :mod:`harness.targets.contract`, which loads this module when
+a ``linux`` kind is first asked for.
 """
 from __future__ import annotations
 
@@ -17,19 +18,22 @@ import numpy as np
 from harness.targets.contract import NodeInfo, NodeReply, OneAtATime, register_gateway, register_node_target
 from harness.config.profiles import DeviceProfile
 from harness.core.errors import DeviceError
-from harness.targets.linux.deploy import deploy_linux_target, linux_device
+from harness.targets.linux.deploy import deploy_linux_node, deploy_linux_target, linux_device
 from harness.targets.linux.driver import LinuxTarget
-from quant_models.intparams import IntEncoder
-from quant_models.manifest import node_files
+from harness.targets.linux.runner_files import runner_files
+from quant_models.manifest import NodeModel
 from quant_models.packing import pack_codes
 
 
 class LinuxNodeTarget(OneAtATime):
-    """A node encoder on a Linux device, as the run engine's ``NodeTarget``."""
+    """A node encoder on a Linux device, as the run engine's ``NodeTarget``. An LSTM node's
+    latency basis also says that its integer model ran in numpy, not onnxruntime."""
 
-    def __init__(self, profile: DeviceProfile, encoder: IntEncoder, target: LinuxTarget) -> None:
+    def __init__(self, profile: DeviceProfile, encoder: NodeModel, target: LinuxTarget) -> None:
         self.profile, self.encoder, self.target = profile, encoder, target
         hello = target.hello
+        self.basis = (target.timing_basis if target.kind == "onnx"
+                      else f"{target.timing_basis}; {hello['configuration']['description']}")
         self.info = NodeInfo(board=hello["cpu_model"], extra={
             **target.configuration,
             "machine": hello["machine"], "python": hello["python"], "onnxruntime": hello["onnxruntime"],
@@ -43,10 +47,10 @@ class LinuxNodeTarget(OneAtATime):
         return {} if proxy is None else proxy.report()
 
     def infer(self, view: np.ndarray) -> NodeReply:
-        result = self.target.encode(np.asarray(view, dtype=np.uint8)[None])
+        result = self.target.encode(np.asarray(view)[None])
         ns = int(result.device_ns[0])
         return NodeReply(code=pack_codes(result.codes, self.encoder.code_bits)[0].tobytes(),
-                         latency=ns / 1000.0, latency_unit="us", latency_basis=self.target.timing_basis,
+                         latency=ns / 1000.0, latency_unit="us", latency_basis=self.basis,
                          host_rtt_s=float(result.round_trip_s[0]), device_count=float(ns), device_unit="ns")
 
 
@@ -65,11 +69,8 @@ class LinuxGateway:
 
 @register_node_target("linux")
 @contextmanager
-def _linux_node(profile: DeviceProfile, encoder: IntEncoder, export_dir: Path) -> Iterator[LinuxNodeTarget]:
-    files = node_files(export_dir, encoder.node)
-    with deploy_linux_target(profile, files.onnx, "node", code_exponent=encoder.code_exponent,
-                             view_shape=encoder.input_shape, exact_model_path=files.exact_onnx,
-                             check_path=files.check_vectors, link_stream=encoder.node) as target:
+def _linux_node(profile: DeviceProfile, encoder: NodeModel, export_dir: Path) -> Iterator[LinuxNodeTarget]:
+    with deploy_linux_node(profile, runner_files(export_dir, encoder), link_stream=encoder.node) as target:
         yield LinuxNodeTarget(profile, encoder, target)
 
 
