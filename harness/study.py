@@ -286,7 +286,9 @@ def study_table(store: ResultsStore, study: Study) -> pd.DataFrame:
     frame = frame[frame.label.isin(keep)].reset_index(drop=True)
     overrides = pd.DataFrame([json.loads(o) for o in frame.overrides], index=frame.index)
     rows = pd.DataFrame([json.loads(r) if isinstance(r, str) and r else {} for r in frame.row], index=frame.index)
-    rows = rows.drop(columns=[c for c in rows.columns if c in overrides.columns], errors="ignore")
+    for column in [c for c in rows.columns if c in overrides.columns]:  # a field only some points override
+        overrides[column] = overrides[column].where(overrides[column].notna(), rows[column])
+        rows = rows.drop(columns=column)
     table = pd.concat([frame[["label"]], overrides, frame[["status", "reason"]], rows, frame[["wall_s"]]], axis=1)
     return table
 

@@ -93,6 +93,11 @@ def findings(summary: pd.DataFrame, classes: int) -> list[str]:
             spread = by[q].accuracy_std
             lines.append(f"- Distributed float minus {q}: {gap * 100:+.1f} points (seed std of {q}: "
                          f"{spread * 100:.1f} points; paper: {(PAPER['distributed float'] - PAPER[q]) * 100:+.1f}).")
+    for name, r in by.items():
+        if r.from_device_codes and pd.notna(r.node_instructions_per_inference):
+            lines.append(f"- {name} on the emulated boards: {r.node_instructions_per_inference:,.0f} instructions per "
+                         f"node inference (QEMU -icount, not cycles), flash {int(r.flash_bytes):,} B, RAM "
+                         f"{int(r.ram_bytes):,} B per node.")
     lines.append(f"- Chance level is {1 / classes:.3f} ({classes} quantile classes, so the classes are equally "
                  "frequent in the training split).")
     return lines
