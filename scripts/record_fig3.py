@@ -29,12 +29,6 @@ BITS_256 = 256
 PAPER_MNIST_20_EPOCHS = 0.9765
 
 
-def _accuracy(row: pd.Series) -> float:
-    """Device accuracy where the point ran on devices, else the host's on the full test split."""
-    device = row.get("accuracy")
-    return float(device) if pd.notna(device) else float(row["golden_accuracy_full"])
-
-
 def claims(table: pd.DataFrame) -> list[str]:
     done = table[table.status == "complete"].copy()
     done["acc_full"] = done["golden_accuracy_full"].astype(float)
