@@ -7,15 +7,20 @@ SSH vs local onnxruntime, and the emulated arm64 Raspberry Pi stand-in.
    the device runner does), time.perf_counter_ns around each run. The q = 4 figure is the
    configuration the runner's self-check chooses (exact on every CPU); every configuration the
    runner knows, and onnxruntime's default fused int8 one, is also timed and checked against the
-   golden codes, so the choice shows its cost. Runs are interleaved (A B A B ...) so machine
-   noise hits all configurations alike.
+   golden codes, so the choice shows its cost. All of them run interleaved view by view (A B C
+   ...), so machine noise hits every configuration alike; the bar's figure, the runner's choice
+   against float, comes from the two alone in alternating blocks of views, each session warm as
+   on a device that serves one model (interleaving five sessions leaves each one's caches partly
+   cold, which is not what a device sees and moves their ratio by a few percent).
 2. Throughput of the q = 4 encoder through the device runner over SSH to `pi-loopback` (a real
-   sshd on 127.0.0.1, so the same CPU) at several batch sizes, three batches in flight, vs the
-   runner's own inference loop called in process on the same batches (the same code without
-   SSH), both over the same stream of views: the ratio is what the link and protocol cost. The
-   runner runs a batch of several views in session.run calls of up to 64 views where its
-   self-check allowed that, so a device time per inference there is the batch time / views (said
-   per row).
+   sshd on 127.0.0.1, so the same CPU) at several batch sizes, vs the runner's own inference loop
+   called in process on the same batches (the same code without SSH), both over the same stream
+   of views: the ratio is what the link and protocol cost. The views are stored on the device
+   once (as a node's own measurements would be there) and encoded in ranges of eight batches per
+   request, three requests in flight (LinuxTarget.store / encode_stored); each pass also streams
+   the views with every batch (LinuxTarget.encode), reported beside it. The runner runs a batch of
+   several views in session.run calls of up to 64 views where its self-check allowed that, so a
+   device time per inference there is the batch time / views (said per row).
 3. The same encoder on `rpi4-qemu` (arm64 Debian under qemu-user): these figures are emulation
    times, labelled as such, never a Raspberry Pi's speed. Skipped (and said so) without root or
    without the root filesystem (scripts/build-arm64-rootfs.sh).
@@ -70,6 +75,49 @@ def interleaved_latency(sessions: dict, views: np.ndarray, repeats: int) -> dict
                 if rep >= 0:
                     timings[key][rep, i] = clock() - started
     return {key: t.ravel() for key, t in timings.items()}
+
+
+def blocked_latency(sessions: dict, views: np.ndarray, repeats: int, block: int = 200) -> dict[str, np.ndarray]:
+    """ns per single-sample inference of each session, run a block of ``block`` views at a time
+    so each session is warm (as on a device serving one model), the sessions alternating from
+    block to block and the order reversing every other block; ``repeats`` passes after a warm-up
+    block. Timings are returned view for view, so they can be paired."""
+    x = (views.astype(np.float32) / np.float32(256.0))[:, None]
+    keys = list(sessions)
+    names = {key: sessions[key].get_inputs()[0].name for key in keys}
+    for key in keys:  # warm-up
+        for i in range(min(block, len(x))):
+            sessions[key].run(None, {names[key]: x[i:i + 1]})
+    timings = {key: np.zeros((repeats, len(x)), dtype=np.int64) for key in keys}
+    clock = time.perf_counter_ns
+    for rep in range(repeats):
+        for n, start in enumerate(range(0, len(x), block)):
+            for key in keys if (n + rep) % 2 == 0 else keys[::-1]:
+                session, name = sessions[key], names[key]
+                for i in range(start, min(start + block, len(x))):
+                    sample = x[i:i + 1]
+                    started = clock()
+                    session.run(None, {name: sample})
+                    timings[key][rep, i] = clock() - started
+    return {key: t.ravel() for key, t in timings.items()}
+
+
+def without_round(path: Path, threads: int = 1):
+    """A session of the exact model at ``path`` with its Round nodes taken out (their inputs feed
+    their consumers): NOT exact, only to show what the rounding between layers costs."""
+    import onnx
+    import onnxruntime as ort
+
+    from devices.runner.hil_runner import NODE_CONFIGURATIONS, session_options
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    for node in [n for n in graph.node if n.op_type == "Round"]:
+        for other in graph.node:
+            other.input[:] = [node.input[0] if name == node.output[0] else name for name in other.input]
+        graph.node.remove(node)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"],
+                                sess_options=session_options(NODE_CONFIGURATIONS[0], threads))
 
 
 def configurations(files, code_exponent: int, views: np.ndarray, golden_codes: np.ndarray) -> dict:
@@ -178,15 +226,16 @@ def _parent_pid(pid: int) -> int | None:
         return None
 
 
-def _ssh_pass(target, stream: np.ndarray, sshd_pid: int | None) -> dict:
-    """One pass of ``stream`` over SSH: views per second, the result, and the CPU it cost per
+def _ssh_pass(target, stream: np.ndarray, sshd_pid: int | None, stored: bool) -> dict:
+    """One pass of ``stream`` over SSH (``stored``: the views stored on the device, encoded in
+    ranges; else sent with each batch): views per second, the result, and the CPU it cost per
     batch on each side (the runner's own count; this process, i.e. the host's asyncssh and
     framing; the device's sshd session where it is a process of this machine)."""
     batches = -(-len(stream) // target.batch_size)
     runner_before, host_before = target.info().cpu_ns, time.process_time()
     sshd_before = _proc_cpu_s(sshd_pid) if sshd_pid else None
     started = time.perf_counter()
-    result = target.encode(stream)
+    result = target.encode_stored() if stored else target.encode(stream)
     elapsed = time.perf_counter() - started
     host_cpu = time.process_time() - host_before
     sshd_after = _proc_cpu_s(sshd_pid) if sshd_pid else None
@@ -216,62 +265,75 @@ def _cpu_record(ssh: list[dict], local: list[dict]) -> dict:
 
 
 def over_ssh(device: str, files, code_exponent: int, views: np.ndarray, batches, repeats: int,
-             local=None, per_view_local=None) -> dict:
-    """Throughput over SSH per batch size; with ``local`` (a runner Model on this host), each SSH
-    pass is paired with a pass of the same views in process on the same batches (before it in
-    even passes, after it in odd ones), and the pairs' ratios are kept: on a shared VM the
-    machine's speed drifts between passes, so a ratio of neighbours is the trustworthy figure.
-    Each pass also counts the CPU time it cost per batch on each side. With ``per_view_local``
-    (the runner's Model without batch calls, as runners before them worked), each pass also
-    gets a pass through it, for comparison with records from then."""
+             local=None, per_view_local=None, streamed: bool = True) -> dict:
+    """Throughput over SSH per batch size, the views stored on the device and encoded in ranges;
+    with ``streamed``, each round also sends them with every batch. With ``local`` (a runner
+    Model on this host), each round also runs the same views in process on the same batches, the
+    order rotating from round to round, and the ratios of each SSH pass to its round's local pass
+    are kept: on a shared VM the machine's speed drifts between passes, so a ratio of neighbours
+    is the trustworthy figure. Each SSH pass also counts the CPU time it cost per batch on each
+    side. With ``per_view_local`` (the runner's Model without batch calls, as runners before them
+    worked), each round also gets a pass through it, for comparison with records from then."""
     from harness.targets.linux.deploy import deploy_linux_target, linux_device
+    from harness.targets.linux.driver import STORED_REQUEST_BATCHES
     from harness.config.profiles import get_profile
 
     profile = get_profile(device)
-    record: dict = {"device": device, "batches": []}
+    record: dict = {"device": device, "batches_per_request": STORED_REQUEST_BATCHES, "batches": []}
     with linux_device(profile) as access:
         for batch in batches:
             stream = views[:min(len(views), MAX_BATCHES_PER_PASS * batch)]
             with deploy_linux_target(profile, files.onnx, "node", code_exponent=code_exponent, batch_size=batch,
                                      exact_model_path=files.exact_onnx, check_path=files.check_vectors,
                                      access=access) as target:
-                target.encode(stream[:batch])  # warm-up: first round trip
+                target.store(stream)
+                target.encode_stored(0, min(len(stream), batch * STORED_REQUEST_BATCHES))  # warm-up
+                target.encode(stream[:batch])
                 # the loopback sshd session is a process of this machine: the runner's parent
                 sshd_pid = _parent_pid(target.hello["pid"]) if device == "pi-loopback" else None
-                ssh_passes, local_passes, per_view_passes = [], [], []
+                kinds = ["stored"] + (["streamed"] if streamed else []) + (["local"] if local is not None else [])
+                passes: dict[str, list[dict]] = {kind: [] for kind in kinds}
+                per_view_passes = []
                 for rep in range(repeats):
-                    local_first = rep % 2 == 0  # alternate, so neither side always runs second
-                    if local is not None and local_first:
-                        local_passes.append(_local_pass(local, stream, batch))
-                    ssh_passes.append(_ssh_pass(target, stream, sshd_pid))
-                    if local is not None and not local_first:
-                        local_passes.append(_local_pass(local, stream, batch))
+                    for kind in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:  # rotate the order
+                        passes[kind].append(_local_pass(local, stream, batch) if kind == "local"
+                                            else _ssh_pass(target, stream, sshd_pid, stored=kind == "stored"))
                     if per_view_local is not None:
                         per_view_passes.append(_local_pass(per_view_local, stream, batch))
                 info = target.info()
                 configuration = target.configuration
-            rates = [p["rate"] for p in ssh_passes]
-            ratios = [p["rate"] / q["rate"] for p, q in zip(ssh_passes, local_passes)]
-            rtt = np.concatenate([p["result"].round_trip_s for p in ssh_passes])
-            record["batches"].append({
-                "batch_size": batch, "views": int(len(stream)), "repeats": repeats,
-                "views_per_second": float(np.median(rates)),
-                "views_per_second_range": [float(min(rates)), float(max(rates))],
-                **({"local_views_per_second": _spread([q["rate"] for q in local_passes]),
-                    "over_local_paired": _spread(ratios)} if ratios else {}),
-                **({"per_view_local_views_per_second": _spread([q["rate"] for q in per_view_passes]),
-                    "over_per_view_local": _spread([p["rate"] / q["rate"] for p, q in zip(ssh_passes, per_view_passes)])}
-                   if per_view_passes else {}),
-                "cpu_ms_per_batch": _cpu_record(ssh_passes, local_passes),
-                "device_latency": percentiles(np.concatenate([p["result"].device_ns for p in ssh_passes])),
-                "device_timing": ssh_passes[-1]["result"].timing,
-                "round_trip_ms_per_batch": {"p50": float(np.percentile(rtt, 50) * 1000),
-                                            "p90": float(np.percentile(rtt, 90) * 1000)}})
+            local_passes = passes.get("local", [])
+            entry = {"batch_size": batch, "views": int(len(stream)), "repeats": repeats,
+                     **_ssh_record(passes["stored"], local_passes)}
+            if streamed:
+                entry["streamed"] = _ssh_record(passes["streamed"], local_passes)
+            if local_passes:
+                entry["local_views_per_second"] = _spread([q["rate"] for q in local_passes])
+            if per_view_passes:
+                entry["per_view_local_views_per_second"] = _spread([q["rate"] for q in per_view_passes])
+                entry["over_per_view_local"] = _spread([p["rate"] / q["rate"]
+                                                        for p, q in zip(passes["stored"], per_view_passes)])
+            record["batches"].append(entry)
         record["device_info"] = {"cpu_model": info.cpu_model, "machine": info.machine, "governor": info.governor,
                                  "peak_rss_bytes": info.peak_rss_bytes, "python": info.python,
                                  "onnxruntime": info.onnxruntime, "timing_basis": info.timing_basis,
                                  "emulated": info.emulated, **configuration}
     return record
+
+
+def _ssh_record(ssh_passes: list[dict], local_passes: list[dict]) -> dict:
+    """Throughput, paired ratios to the local passes, CPU per batch, device times and round
+    trips of one kind of SSH pass."""
+    rates = [p["rate"] for p in ssh_passes]
+    rtt = np.concatenate([p["result"].round_trip_s for p in ssh_passes])
+    ratios = [p["rate"] / q["rate"] for p, q in zip(ssh_passes, local_passes)]
+    return {"views_per_second": float(np.median(rates)), "views_per_second_range": [float(min(rates)), float(max(rates))],
+            **({"over_local_paired": _spread(ratios)} if ratios else {}),
+            "cpu_ms_per_batch": _cpu_record(ssh_passes, local_passes),
+            "device_latency": percentiles(np.concatenate([p["result"].device_ns for p in ssh_passes])),
+            "device_timing": ssh_passes[-1]["result"].timing,
+            "round_trip_ms_per_request": {"p50": float(np.percentile(rtt, 50) * 1000),
+                                          "p90": float(np.percentile(rtt, 90) * 1000)}}
 
 
 def qemu_available() -> str | None:
@@ -288,9 +350,10 @@ def qemu_available() -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--views", type=int, default=2000, help="test views per latency pass on the host")
-    parser.add_argument("--stream", type=int, default=10000,
-                        help="views per throughput pass (the test views repeated): long enough that filling and "
-                             "draining the three-batch pipeline is a small part of it")
+    parser.add_argument("--stream", type=int, default=MAX_BATCHES_PER_PASS * max(SSH_BATCHES),
+                        help="views per throughput pass (the test views repeated; a pass takes at most "
+                             f"{MAX_BATCHES_PER_PASS} batches of them): long enough that filling and draining the "
+                             "pipeline of requests in flight is a small part of it")
     parser.add_argument("--qemu-views", type=int, default=200, help="test views per pass on rpi4-qemu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ssh-repeats", type=int, default=20,
@@ -320,7 +383,11 @@ def main() -> None:
     ns = interleaved_latency(sessions, views, args.repeats)
     stats = {name: percentiles(t) for name, t in ns.items()}
     chosen_name = chosen["configuration"]["name"]
-    q_stats, f_stats = stats[chosen_name], stats["float"]
+    warm_sessions = {chosen_name: sessions[chosen_name], "float": float_session}
+    if chosen_name == "exact-float":
+        warm_sessions["exact-float-unrounded"] = without_round(files.exact_onnx)
+    warm = blocked_latency(warm_sessions, views, args.repeats)
+    q_stats, f_stats = percentiles(warm[chosen_name]), percentiles(warm["float"])
     stream = np.resize(views, (args.stream, *views.shape[1:]))  # the test views, repeated
     loopback = over_ssh("pi-loopback", files, exponent, stream, SSH_BATCHES, args.ssh_repeats,
                         local=runner_model(files, exponent), per_view_local=runner_model_per_view(files, exponent))
@@ -330,7 +397,7 @@ def main() -> None:
     qemu = None
     if why_not is None:
         qemu_views = views[:args.qemu_views]
-        qemu = over_ssh("rpi4-qemu", files, exponent, qemu_views, (QEMU_BATCH,), args.repeats)
+        qemu = over_ssh("rpi4-qemu", files, exponent, qemu_views, (QEMU_BATCH,), args.repeats, streamed=False)
         qemu["local_host_views_per_second"] = runner_throughput_local(files, exponent, qemu_views, QEMU_BATCH,
                                                                       args.repeats)
         host_batched = local_batch_latency(files, exponent, qemu_views, QEMU_BATCH, args.repeats)
@@ -348,16 +415,24 @@ def main() -> None:
         "encoder_latency_local": {
             "basis": LOCAL_BASIS, "runner_choice": chosen, "qcdq": q_stats, "float": f_stats,
             "qcdq_over_float_p50": q_stats["p50_us"] / f_stats["p50_us"],
-            "qcdq_over_float_paired_median": float(np.median(ns[chosen_name] / ns["float"])),
+            "qcdq_over_float_paired_median": float(np.median(warm[chosen_name] / warm["float"])),
+            "timing": "the runner's choice and float alone, in alternating blocks of 200 views (each warm)",
+            **({"unrounded": {**percentiles(warm["exact-float-unrounded"]),
+                              "over_float_paired_median": float(np.median(warm["exact-float-unrounded"] / warm["float"])),
+                              "note": "the exact model without its Round between layers: not exact, only the "
+                                      "cost of rounding"}} if "exact-float-unrounded" in warm else {}),
+            "interleaved_float": stats["float"],
             "configurations": {name: {"views_differing_from_golden": bad, "views": int(len(views)),
                                       "description": model.configuration.description, **stats[name],
-                                      "over_float_p50": stats[name]["p50_us"] / f_stats["p50_us"]}
+                                      "over_float_p50": stats[name]["p50_us"] / stats["float"]["p50_us"]}
                                for name, (model, bad) in candidates.items()}},
         "ssh_vs_local": {"basis": "pi-loopback: a real sshd on 127.0.0.1, so the device is this host's CPU; "
-                                  "throughput = views / host wall time of encode() (all round trips included; "
-                                  "three batches in flight); local: the runner's Model.infer in this process on "
-                                  "the same batches; local and SSH over the same stream of "
-                                  f"{args.stream} views (the {args.views} test views repeated)",
+                                  "throughput = views / host wall time of encode_stored() over views stored on "
+                                  "the device once (all round trips included; 8 batches per request, three "
+                                  "requests in flight), and beside it of encode() sending the views with every "
+                                  "batch (three batches in flight); local: the runner's Model.infer in this "
+                                  "process on the same batches; local and SSH over the same views (the "
+                                  f"{args.views} test views repeated, at most {MAX_BATCHES_PER_PASS} batches)",
                          "stream_views": args.stream, **loopback},
         "rpi4_qemu": qemu if qemu is not None else {"skipped": why_not},
     }
@@ -406,29 +481,45 @@ def markdown(r: dict) -> str:
         mark = " (the runner's choice)" if name == chosen else ""
         lines.append(f"| {name}{mark}: {c['description']} | {c['views_differing_from_golden']} of {c['views']} | "
                      f"{c['p50_us']:.1f} us | {c['p90_us']:.1f} us | {c['p99_us']:.1f} us | {c['over_float_p50']:.2f}x |")
-    f = lat["float"]
+    f = lat["interleaved_float"]
+    q, w = lat["qcdq"], lat["float"]
     lines += [f"| float encoder (no quantization) | - | {f['p50_us']:.1f} us | {f['p90_us']:.1f} us | "
               f"{f['p99_us']:.1f} us | 1.00x |", "",
-              f"The runner's exact configuration / float (p50): **{lat['qcdq_over_float_p50']:.2f}x** (median of "
-              f"the per-inference ratios, same view and round: {lat['qcdq_over_float_paired_median']:.2f}x). "
-              f"Self-check at load: {lat['runner_choice']['self_check']}.", "",
+              "The table's sessions run interleaved view by view, which leaves each one's caches partly cold. "
+              f"The bar's figure: {lat['timing']}: {q['p50_us']:.2f} us against {w['p50_us']:.2f} us (p50), the "
+              f"runner's exact configuration / float: **{lat['qcdq_over_float_p50']:.3f}x** (median of the "
+              f"per-inference ratios, same view and pass: {lat['qcdq_over_float_paired_median']:.3f}x)."]
+    if "unrounded" in lat:
+        u = lat["unrounded"]
+        lines += ["", f"What the exactness costs: the exact model is the float graph's ops plus one Round (half to "
+                  f"even, after the pool: the requantization of the hidden layer). Without it (not exact, its codes "
+                  f"differ), in the same blocks: {u['p50_us']:.2f} us, {u['over_float_paired_median']:.3f}x float."]
+    lines += ["", f"Self-check at load: {lat['runner_choice']['self_check']}.", "",
               "## Batched inference over SSH (pi-loopback) vs local onnxruntime", "",
               f"Basis: {r['ssh_vs_local']['basis']}. Runner batching: "
               f"{_batching_text(r['ssh_vs_local']['device_info']['batching'])}.", "",
-              f"SSH / local: the median (and range) over {r['ssh_vs_local']['batches'][0]['repeats']} passes of the "
-              "ratio of an SSH pass to the local pass run next to it on the same batches (before it in even passes, "
-              "after it in odd ones).", "",
-              "| batch | views/s over SSH (range) | views/s local (range) | SSH / local, paired (range) | "
-              "device p50 per inference | round trip p50 per batch |",
-              "|---|---|---|---|---|---|"]
+              f"SSH / local: the median (and range) over {r['ssh_vs_local']['batches'][0]['repeats']} rounds of the "
+              "ratio of an SSH pass to the local pass of the same round, on the same batches (each round runs "
+              "the views stored, streamed and local, the order rotating from round to round). Views stored: "
+              "the bar's figure, the device encoding views it holds, as a node encodes its own measurements. "
+              "Views streamed: the host sends each batch's views with it, so the link also carries the inputs, "
+              "which a deployed node never receives.", "",
+              "| batch | views stored: views/s over SSH (range) | views/s local (range) | views stored: SSH / local, "
+              "paired (range) | views streamed: views/s, SSH / local paired (range) | device p50 per inference | "
+              "round trip p50 per request (stored: 8 batches) |",
+              "|---|---|---|---|---|---|---|"]
     for b in r["ssh_vs_local"]["batches"]:
         lo, hi = b["views_per_second_range"]
         loc = b["local_views_per_second"]
+        st = b["streamed"]
         per = "own call" if b["batch_size"] == 1 else f"batch time / {b['batch_size']}"
         lines.append(f"| {b['batch_size']} | {b['views_per_second']:.0f} ({lo:.0f}-{hi:.0f}) | "
-                     f"{loc['median']:.0f} ({loc['min']:.0f}-{loc['max']:.0f}) | {b['over_local']:.2f}x "
+                     f"{loc['median']:.0f} ({loc['min']:.0f}-{loc['max']:.0f}) | **{b['over_local']:.2f}x** "
                      f"({b['over_local_paired']['min']:.2f}-{b['over_local_paired']['max']:.2f}) | "
-                     f"{b['device_latency']['p50_us']:.1f} us ({per}) | {b['round_trip_ms_per_batch']['p50']:.2f} ms |")
+                     f"{st['views_per_second']:.0f}, {st['over_local_paired']['median']:.2f}x "
+                     f"({st['over_local_paired']['min']:.2f}-{st['over_local_paired']['max']:.2f}) | "
+                     f"{b['device_latency']['p50_us']:.1f} us ({per}) | "
+                     f"{b['round_trip_ms_per_request']['p50']:.2f} ms |")
     lines += ["", "Device time per inference: " + "; ".join(
         f"batch {b['batch_size']}: {b['device_timing']}" for b in r["ssh_vs_local"]["batches"]) + "."]
     lines += ["", "Where the CPU goes, per batch (median over the passes; CPU time, not wall time): the runner "
@@ -436,14 +527,14 @@ def markdown(r: dict) -> str:
               "encrypting), and this process (asyncssh's packets and ciphers, framing). With a free core for the "
               "link, SSH throughput is bounded by the runner alone; when other jobs keep every core busy, by the "
               "sum of all three against the local pass's CPU.", "",
-              "| batch | local | runner | sshd | host (asyncssh, framing) | local / (runner + sshd + host) |",
-              "|---|---|---|---|---|---|"]
+              "| batch | views | local | runner | sshd | host (asyncssh, framing) | local / (runner + sshd + host) |",
+              "|---|---|---|---|---|---|---|"]
     for b in r["ssh_vs_local"]["batches"]:
-        c = b["cpu_ms_per_batch"]
-        sshd = "-" if c["sshd"] is None else f"{c['sshd']:.3f} ms"
-        total = c["runner"] + (c["sshd"] or 0.0) + c["host"]
-        lines.append(f"| {b['batch_size']} | {c['local']:.3f} ms | {c['runner']:.3f} ms | {sshd} | "
-                     f"{c['host']:.3f} ms | {c['local'] / total:.2f} |")
+        for kind, c in (("stored", b["cpu_ms_per_batch"]), ("streamed", b["streamed"]["cpu_ms_per_batch"])):
+            sshd = "-" if c["sshd"] is None else f"{c['sshd']:.3f} ms"
+            total = c["runner"] + (c["sshd"] or 0.0) + c["host"]
+            lines.append(f"| {b['batch_size']} | {kind} | {c['local']:.3f} ms | {c['runner']:.3f} ms | {sshd} | "
+                         f"{c['host']:.3f} ms | {c['local'] / total:.2f} |")
     if "over_per_view_local" in r["ssh_vs_local"]["batches"][-1]:
         b = r["ssh_vs_local"]["batches"][-1]
         pv = b["per_view_local_views_per_second"]

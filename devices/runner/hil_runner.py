@@ -41,7 +41,13 @@ harness does), an integer LSTM on int8 windows [B, rows, steps] sent as their by
 giving its offset-binary codes uint8 [B, k]. ``gateway`` runs the head on codes [B, C] (any
 integer or float dtype, fed as float32) and returns the logits, float32 [B, classes].
 
-Protocol (version 3). Every message, both ways, is one frame::
+Stored inputs: the host can send a set of inputs once (STORE) and then ask for ranges of it
+(INFER_STORED), as a node's own measurements would already be on the device. A range runs in
+batches of the size the request gives, each batch run and timed exactly as an INFER of those
+inputs, and comes back as one RESULT: per request, the link then carries a few bytes in and the
+outputs back, and the runner pays one read and one write for several batches.
+
+Protocol (version 4). Every message, both ways, is one frame::
 
     u32 big-endian N | N bytes: u8 message type | payload
 
@@ -66,6 +72,16 @@ little-endian, C order; dtype codes: 1 uint8, 2 float32, 3 int64.
                                                 view's own call, or [1] (B > 1), the calls
                                                 that ran the whole batch, timed together
                                                 (:func:`per_inference_ns` reads either)
+    host -> runner                  STORE  'D'  array: inputs kept for INFER_STORED (replacing
+                                                any kept before), checked as an INFER's would be
+    runner -> host                  STORED 'D'  UTF-8 JSON: inputs (how many are kept)
+    host -> runner                  INFER_STORED 'J'  u32 big-endian start, count, batch: the
+                                                kept inputs [start, start + count), run in
+                                                batches of ``batch``
+    runner -> host                  RESULT 'R'  array: outputs [count, ...], then array: int64 ns,
+                                                every batch's timings one after another: [count]
+                                                (each view's own call) or one per batch
+                                                (:func:`range_inference_ns` reads either)
     host -> runner                  INFO   'S'  empty
     runner -> host                  INFO   'S'  UTF-8 JSON: peak_rss_bytes (getrusage), cpu_model,
                                                 governor, inferences, cpu_ns (the runner's CPU
@@ -93,7 +109,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 HELLO = ord("H")
 INFER = ord("I")
@@ -101,9 +117,12 @@ RESULT = ord("R")
 INFO = ord("S")
 QUIT = ord("Q")
 ERROR = ord("E")
+STORE = ord("D")
+INFER_STORED = ord("J")
 
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 _LENGTH = struct.Struct(">I")
+STORED_RANGE = struct.Struct(">III")  # INFER_STORED: start, count, batch
 DTYPE_CODES = {"uint8": 1, "float32": 2, "int64": 3}
 DTYPE_NAMES = {code: name for name, code in DTYPE_CODES.items()}
 
@@ -283,6 +302,26 @@ def per_inference_ns(call_ns, views: int) -> tuple[Any, Any]:
                       f"(one per view, or one for the whole batch)")
 
 
+def range_inference_ns(call_ns, count: int, batch: int) -> tuple[Any, Any]:
+    """(int64 ns per inference [count], int64 views timed together [count]) from the RESULT of
+    an INFER_STORED of ``count`` inputs in batches of ``batch``: one timing per view, or one per
+    batch (the runner times every batch of several views together, or none: a model's batching
+    does not change while it serves; a batch of one view is its own call either way)."""
+    import numpy as np
+
+    if count < 1 or batch < 1:
+        raise RunnerError(f"a range of {count} inputs in batches of {batch}")
+    call_ns = np.asarray(call_ns, dtype=np.int64)
+    sizes = [min(batch, count - start) for start in range(0, count, batch)]
+    if call_ns.shape == (count,):
+        return call_ns, np.ones(count, dtype=np.int64)
+    if call_ns.shape != (len(sizes),):
+        raise RunnerError(f"{list(call_ns.shape)} timings for {count} inputs in batches of {batch} "
+                          f"(one per view, or one per batch: {len(sizes)})")
+    parts = [per_inference_ns(call_ns[i:i + 1], size) for i, size in enumerate(sizes)]
+    return np.concatenate([ns for ns, _ in parts]), np.concatenate([shared for _, shared in parts])
+
+
 # ---------------------------------------------------------------------------------------------
 # The models
 # ---------------------------------------------------------------------------------------------
@@ -373,6 +412,7 @@ class RunnerModel:
         self.batched = False
         self.call_views: int | None = None  # most views per call in a batch (None: the whole batch)
         self.batch_check: dict[str, Any] = {"views": 0, "mismatched_codes": None}
+        self.stored: Any = None  # the inputs kept by STORE, as a request batch
 
     # -- what a subclass provides ------------------------------------------------------------
 
@@ -413,6 +453,32 @@ class RunnerModel:
         if count:
             self.inferences += n
         return self.outputs_of(values), timings
+
+    def store(self, inputs) -> int:
+        """Keep ``inputs`` (a request batch of any size) for :meth:`infer_stored`; how many. They
+        are checked as an INFER's would be, now rather than at the first range."""
+        if not len(inputs):
+            raise RunnerError("nothing to store (an empty array)")
+        self.model_input(inputs[:1])
+        self.stored = inputs
+        return len(inputs)
+
+    def infer_stored(self, start: int, count: int, batch: int) -> tuple[Any, Any]:
+        """(outputs, int64 ns) of the kept inputs [start, start + count) in batches of
+        ``batch``, each run as :meth:`infer` runs a request batch; every batch's timings in
+        order (see :func:`range_inference_ns`)."""
+        np = self._np
+        if self.stored is None:
+            raise RunnerError("no stored inputs (send STORE first)")
+        if count < 1 or batch < 1 or start + count > len(self.stored):
+            raise RunnerError(f"inputs [{start}, {start + count}) in batches of {batch}: "
+                              f"{len(self.stored)} are stored")
+        outputs, timings = [], []
+        for first in range(start, start + count, batch):
+            out, ns = self.infer(self.stored[first:min(first + batch, start + count)])
+            outputs.append(out)
+            timings.append(ns)
+        return np.concatenate(outputs), np.concatenate(timings)
 
     def _mismatches(self, views, codes) -> int:
         got, _ = self.infer(views, count=False)
@@ -645,6 +711,17 @@ def _reply(model: RunnerModel, kind: int, payload: bytes) -> bytes:
                 raise RunnerError(f"{len(payload) - end} stray bytes after the INFER array")
             outputs, timings = model.infer(batch)
             return encode_frame(RESULT, encode_array(outputs) + encode_array(timings))
+        if kind == INFER_STORED:
+            if len(payload) != STORED_RANGE.size:
+                raise RunnerError(f"INFER_STORED carries {STORED_RANGE.size} bytes (start, count, batch), "
+                                  f"not {len(payload)}")
+            outputs, timings = model.infer_stored(*STORED_RANGE.unpack(payload))
+            return encode_frame(RESULT, encode_array(outputs) + encode_array(timings))
+        if kind == STORE:
+            inputs, end = decode_array(payload)
+            if end != len(payload):
+                raise RunnerError(f"{len(payload) - end} stray bytes after the STORE array")
+            return encode_frame(STORE, json.dumps({"inputs": model.store(inputs)}).encode())
         if kind == INFO:
             facts = device_facts() | {"inferences": model.inferences}
             return encode_frame(INFO, json.dumps(facts).encode())

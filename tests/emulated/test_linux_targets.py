@@ -101,6 +101,36 @@ def test_pi_loopback_nodes_return_golden_codes_bit_for_bit(model, loopback) -> N
     assert info.cpu_model not in ("", "unknown") and info.governor and info.onnxruntime == ort.__version__
 
 
+def test_views_stored_on_the_device_encode_in_ranges_bit_for_bit(model, loopback) -> None:
+    """store() then encode_stored(): the same codes and timings as encode(), each request a range
+    of STORED_REQUEST_BATCHES batches, so round trips are per request."""
+    from harness.targets.linux.driver import STORED_REQUEST_BATCHES
+
+    directory, manifest, encoders, views = model
+    with deploy_linux_target(get_profile("pi-loopback"), directory / "node1.onnx", "node", batch_size=8,
+                             access=loopback, **_node(directory, 1)) as target:
+        with pytest.raises(DeviceError, match=r"no stored views \(call store\(\) first\)"):
+            target.encode_stored()
+        assert target.store(views[1]) == SAMPLES
+        whole = target.encode_stored()
+        part = target.encode_stored(37, 50)
+        with pytest.raises(DeviceError, match=r"stored views \[190, 215\) asked for, 200 are stored"):
+            target.encode_stored(190, 25)
+        assert target.store(views[1][:10]) == 10  # replaces the views stored before
+        replaced = target.encode_stored()
+        info = target.info()
+    expected = golden.encode(encoders[1], views[1])
+    assert (whole.codes == expected).all() and (part.codes == expected[37:87]).all()
+    assert (replaced.codes == expected[:10]).all()
+    assert whole.timed_together.tolist() == [8] * SAMPLES and (whole.device_ns > 0).all()
+    assert part.timed_together.tolist() == [8] * 48 + [2, 2]  # batches of 8 from view 37: the last has 2
+    per_request = 8 * STORED_REQUEST_BATCHES
+    assert whole.round_trip_s.shape == (math.ceil(SAMPLES / per_request),)
+    for r, rtt in enumerate(whole.round_trip_s):  # a request's round trip includes its device time
+        assert rtt * 1e9 > whole.device_ns[r * per_request:(r + 1) * per_request].sum()
+    assert info.inferences == SAMPLES + 50 + 10
+
+
 def test_pi_loopback_gateway_predicts_like_local_onnxruntime(model, loopback) -> None:
     directory, manifest, encoders, views = model
     codes = np.concatenate([golden.encode(enc, views[i]) for i, enc in enumerate(encoders)], axis=1)
@@ -255,6 +285,8 @@ def test_pi_loopback_lstm_node_runs_the_integer_model_bit_for_bit(lstm_export, l
     assert files.kind == "int-lstm" and files.model.name == "node0.int.json"
     with deploy_linux_node(get_profile("pi-loopback"), files, batch_size=32, access=loopback) as target:
         result = target.encode(windows)
+        target.store(windows)
+        stored = target.encode_stored()
         configuration, hello = target.configuration, target.hello
         listing = target.connection.run(["ls", "-R", f"{loopback.workdir}/runner"]).stdout
     assert configuration["configuration"]["name"] == "int-lstm-numpy"
@@ -265,6 +297,7 @@ def test_pi_loopback_lstm_node_runs_the_integer_model_bit_for_bit(lstm_export, l
     assert (result.codes == golden.encode(encoder, windows)).all()
     assert (result.packed(encoder.code_bits) == golden.encode_packed(encoder, windows)).all()
     assert result.timed_together.tolist() == [32] * 96 + [4] * 4 and (result.device_ns > 0).all()
+    assert (stored.codes == result.codes).all() and (stored.timed_together == result.timed_together).all()
     assert {"hil_runner.py", "hil_int_lstm.py"} in [set(files) for files in _runner_directories(listing).values()]
     with deploy_linux_node(get_profile("pi-loopback"), files, access=loopback) as target:
         with pytest.raises(DeviceError, match=r"windows must be int8 \[B, h, w\], got uint8"):

@@ -224,3 +224,63 @@ def test_a_batch_larger_than_one_call_is_still_timed_once(tmp_path) -> None:
     views = np.resize(VIEWS, (wire.ONNX_CALL_VIEWS * 2 + 5, 2, 2))  # three session.run calls
     codes, ns = model.infer(views)
     assert (codes == _flat_check(views)[1]).all() and ns.shape == (1,)
+
+
+def _stored(start: int, count: int, batch: int) -> bytes:
+    return wire.encode_frame(wire.INFER_STORED, wire.STORED_RANGE.pack(start, count, batch))
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["batch-calls", "view-by-view"])
+def test_stored_views_encode_in_ranges_as_infer_would(tmp_path, checked: bool) -> None:
+    views = np.resize(VIEWS, (23, 2, 2))
+    model = wire.Model(_model(tmp_path, "flat", ["batch", 1, 2, 2], ["batch", 4]), "node", -2, threads=1,
+                       check=_flat_check(VIEWS) if checked else None)
+    replies = _serve(model, wire.encode_frame(wire.STORE, wire.encode_array(views)),
+                     _stored(0, 23, 5), _stored(3, 7, 7), _stored(22, 1, 4))
+    assert replies[0] == (wire.STORE, b'{"inputs": 23}')
+    (codes, ns), (mid, mid_ns), (last, last_ns) = (_result(r) for r in replies[1:])
+    golden = _flat_check(views)[1]
+    assert (codes == golden).all() and (mid == golden[3:10]).all() and (last == golden[22:]).all()
+    if checked:  # batches of 5, 5, 5, 5 and 3 views, each timed as a whole; one view: its own call
+        assert ns.shape == (5,) and mid_ns.shape == (1,) and last_ns.shape == (1,)
+        per_view, shared = wire.range_inference_ns(ns, 23, 5)
+        assert shared.tolist() == [5] * 20 + [3] * 3 and per_view.sum() == ns.sum()
+    else:
+        assert ns.shape == (23,) and mid_ns.shape == (7,)
+        assert wire.range_inference_ns(ns, 23, 5)[1].tolist() == [1] * 23
+    assert (ns > 0).all() and model.inferences == 31
+
+
+def test_range_inference_ns_reads_both_timing_forms() -> None:
+    ns, shared = wire.range_inference_ns(np.array([1000, 30, 7]), 9, 4)  # batches of 4, 4 and 1
+    assert ns.tolist() == [250] * 4 + [8, 8, 7, 7] + [7] and shared.tolist() == [4] * 8 + [1]
+    ns, shared = wire.range_inference_ns(np.arange(1, 10), 9, 4)  # every view its own call
+    assert ns.tolist() == list(range(1, 10)) and shared.tolist() == [1] * 9
+    with pytest.raises(wire.RunnerError, match=r"\[2\] timings for 9 inputs in batches of 4"):
+        wire.range_inference_ns(np.array([1, 2]), 9, 4)
+    with pytest.raises(wire.RunnerError, match="a range of 0 inputs"):
+        wire.range_inference_ns(np.array([]), 0, 4)
+
+
+def test_bad_stored_requests_get_error_replies_and_keep_what_was_stored(tmp_path) -> None:
+    model = wire.Model(_model(tmp_path, "flat", ["batch", 1, 2, 2], ["batch", 4]), "node", -2, threads=1)
+    replies = _serve(
+        model,
+        _stored(0, 1, 1),  # nothing stored yet
+        wire.encode_frame(wire.STORE, wire.encode_array(VIEWS)),
+        wire.encode_frame(wire.STORE, wire.encode_array(np.zeros((3, 3, 3), np.uint8))),  # wrong view shape
+        wire.encode_frame(wire.STORE, wire.encode_array(np.zeros((0, 2, 2), np.uint8))),
+        _stored(5, 6, 2),  # past the end
+        _stored(0, 0, 2),
+        _stored(0, 2, 0),
+        wire.encode_frame(wire.INFER_STORED, b"\x00" * 8),
+        _stored(8, 2, 2),  # still the first views
+    )
+    kinds = [kind for kind, _ in replies]
+    assert kinds == [wire.ERROR, wire.STORE] + [wire.ERROR] * 6 + [wire.RESULT]
+    assert b"no stored inputs (send STORE first)" in replies[0][1]
+    assert b"request gives [1, 1, 3, 3]" in replies[2][1]
+    assert b"nothing to store" in replies[3][1]
+    assert b"inputs [5, 11) in batches of 2: 10 are stored" in replies[4][1]
+    assert b"carries 12 bytes (start, count, batch), not 8" in replies[7][1]
+    assert (_result(replies[8])[0] == _flat_check(VIEWS)[1][8:]).all()

@@ -23,7 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Iterator, Literal, NamedTuple
 
 import numpy as np
 
@@ -39,7 +39,10 @@ RUNNER_FILES: dict[ModelKind, tuple[Path, ...]] = {"onnx": (RUNNER_SOURCE,),
                                                    "int-lstm": (RUNNER_SOURCE, INT_LSTM_RUNNER_SOURCE)}
 """The device code a model kind needs, deployed side by side (the runner imports hil_int_lstm)."""
 DEFAULT_BATCH_SIZE = 256
-IN_FLIGHT = 3  # batches sent ahead of their replies
+IN_FLIGHT = 3  # requests sent ahead of their replies
+STORED_REQUEST_BATCHES = 8
+"""Batches per INFER_STORED request: the runner answers them with one RESULT, so the device pays
+one read and one write, and the link one round of packets, for eight batches instead of each."""
 
 
 if TYPE_CHECKING:
@@ -51,7 +54,7 @@ class EncodeResult(NamedTuple):
 
     codes: np.ndarray  # uint8 [B, k]: integer codes, in order
     device_ns: np.ndarray  # int64 [B]: each inference on the device's monotonic clock
-    round_trip_s: np.ndarray  # float64 [batches]: host wall time per batch, send to reply
+    round_trip_s: np.ndarray  # float64 [requests]: host wall time per request (encode: a batch), send to reply
     timed_together: np.ndarray  # int64 [B]: views that shared the timing: 1 = its own; n = its batch, ns = time / n
 
     @property
@@ -185,6 +188,7 @@ class LinuxTarget:
         self.threads = threads
         self._process: RemoteProcess | None = None
         self._hello: dict | None = None
+        self._stored: int | None = None  # views kept on the device by store()
 
     @property
     def name(self) -> str:
@@ -212,7 +216,7 @@ class LinuxTarget:
                 argv += ["--exact-model", self._upload_content_addressed(self.exact_model_path, "models", "exact")]
             if self.check_path is not None:
                 argv += ["--check", self._upload_content_addressed(self.check_path, "models", "check")]
-        self._process = self.connection.start_process(argv)
+        self._process, self._stored = self.connection.start_process(argv), None
         try:
             self._hello = self._read_hello()
         except BaseException:
@@ -286,8 +290,56 @@ class LinuxTarget:
     def encode(self, views: np.ndarray) -> EncodeResult:
         """Node role: integer codes of uint8 views [B, h, w] (an LSTM node: int8 windows
         [B, rows, steps]), device ns per inference, and the host round trip of each batch."""
+        done = self._run_batches(self._node_inputs(views, "encode()"))
+        return EncodeResult(done.outputs.astype(np.uint8, copy=False), done.device_ns, done.round_trip_s,
+                            done.timed_together)
+
+    def store(self, views: np.ndarray) -> int:
+        """Node role: send ``views`` (as :meth:`encode` takes them) to the device once, to be
+        encoded there by :meth:`encode_stored` without crossing the link again, as a node's own
+        measurements would be; replaces views stored before. How many the runner keeps."""
+        inputs = self._node_inputs(views, "store()")
+        frame = wire.encode_frame(wire.STORE, wire.encode_array(inputs))
+        # the transfer's share of the timeout: at least 1 MB/s, as a slow Wi-Fi link still gives
+        body = self._require().exchange(frame, self.reply_timeout_s + len(frame) / 1e6)
+        kind, payload = self._split(body, "STORED")
+        if kind == wire.ERROR:
+            raise DeviceError(f"{self.where}: the runner refused the stored views: {payload.decode('utf-8', 'replace')}")
+        if kind != wire.STORE:
+            raise ProtocolError(f"{self.where}: expected STORED, got message type {kind:#04x}")
+        kept = int(json.loads(payload)["inputs"])
+        if kept != len(inputs):
+            raise ProtocolError(f"{self.where}: the runner kept {kept} of {len(inputs)} stored views")
+        self._stored = kept
+        return kept
+
+    def encode_stored(self, start: int = 0, count: int | None = None) -> EncodeResult:
+        """Node role: like :meth:`encode` on the stored views [start, start + count) (None: to
+        the end), in batches of ``batch_size`` run and timed as :meth:`encode` runs them. Each
+        request carries :data:`STORED_REQUEST_BATCHES` batches and only their range; its reply
+        carries their codes and timings, so ``round_trip_s`` is per request."""
         if self.role != "node":
-            raise DeviceError(f"{self.where} runs the head (gateway role); encode() needs a node")
+            raise DeviceError(f"{self.where} runs the head (gateway role); encode_stored() needs a node")
+        if self._stored is None:
+            raise DeviceError(f"{self.where}: no stored views (call store() first)")
+        count = self._stored - start if count is None else count
+        if start < 0 or count < 1 or start + count > self._stored:
+            raise DeviceError(f"{self.where}: stored views [{start}, {start + count}) asked for, "
+                              f"{self._stored} are stored")
+        per_request = self.batch_size * STORED_REQUEST_BATCHES
+        firsts = range(start, start + count, per_request)
+        sizes = [min(per_request, start + count - first) for first in firsts]
+        frames = (wire.encode_frame(wire.INFER_STORED, wire.STORED_RANGE.pack(first, n, self.batch_size))
+                  for first, n in zip(firsts, sizes))
+        done = self._stream(frames, sizes, self.batch_size, self.reply_timeout_s * STORED_REQUEST_BATCHES)
+        return EncodeResult(done.outputs.astype(np.uint8, copy=False), done.device_ns, done.round_trip_s,
+                            done.timed_together)
+
+    def _node_inputs(self, views: np.ndarray, method: str) -> np.ndarray:
+        """``views`` checked for this node and as they travel: the wire has no int8, so an LSTM's
+        windows go as their two's-complement bytes."""
+        if self.role != "node":
+            raise DeviceError(f"{self.where} runs the head (gateway role); {method} needs a node")
         views = np.asarray(views)
         dtype = np.int8 if self.kind == "int-lstm" else np.uint8
         if views.dtype != dtype or views.ndim != 3:
@@ -296,10 +348,7 @@ class LinuxTarget:
         if self.view_shape is not None and tuple(views.shape[1:]) != self.view_shape:
             raise DeviceError(f"{self.where}: the node's model takes {self.view_shape} views, got "
                               f"{tuple(views.shape[1:])}")
-        # The wire has no int8: windows travel as their two's-complement bytes.
-        done = self._run_batches(views.view(np.uint8))
-        return EncodeResult(done.outputs.astype(np.uint8, copy=False), done.device_ns, done.round_trip_s,
-                            done.timed_together)
+        return views.view(np.uint8)
 
     def classify(self, codes: np.ndarray) -> ClassifyResult:
         """Gateway role: logits for integer codes [B, C] (all nodes' codes in node order)."""
@@ -324,21 +373,26 @@ class LinuxTarget:
         thread hand-off. A batch's round trip runs from sending it to its reply (so it may
         include waiting behind the batches before it). Every reply is read before a refused
         batch is reported, so the session stays in step."""
-        process = self._require()
         count = len(inputs)
         if not count:
             raise DeviceError(f"{self.where}: nothing to run (empty input)")
         starts = range(0, count, self.batch_size)
         frames = (wire.encode_frame(wire.INFER, wire.encode_array(inputs[s:s + self.batch_size])) for s in starts)
-        answers = process.stream(frames, IN_FLIGHT, self.reply_timeout_s)
-        replies = [self._result(body, min(self.batch_size, count - start), round_trip)
-                   for start, (body, round_trip) in zip(starts, answers)]
+        return self._stream(frames, [min(self.batch_size, count - s) for s in starts], None, self.reply_timeout_s)
+
+    def _stream(self, frames: Iterator[bytes], sizes: list[int], batch: int | None, timeout_s: float) -> _Batches:
+        """Requests (``frames``, made as they are sent; ``sizes``: the inputs each covers, in
+        batches of ``batch`` for INFER_STORED ranges) through the runner, :data:`IN_FLIGHT` at a
+        time, and their replies put together in order."""
+        answers = self._require().stream(frames, IN_FLIGHT, timeout_s)
+        replies = [self._result(body, n, round_trip, batch) for n, (body, round_trip) in zip(sizes, answers)]
         return _Batches(np.concatenate([r.outputs for r in replies]), np.concatenate([r.device_ns for r in replies]),
                         np.concatenate([r.timed_together for r in replies]),
                         np.asarray([r.round_trip_s for r in replies], dtype=np.float64))
 
-    def _result(self, body: bytes, views: int, round_trip_s: float) -> _Reply:
-        """One batch's RESULT: outputs, and ns per inference from the device's timings."""
+    def _result(self, body: bytes, views: int, round_trip_s: float, batch: int | None = None) -> _Reply:
+        """One request's RESULT: outputs, and ns per inference from the device's timings (of one
+        batch, or with ``batch``, of an INFER_STORED range of ``views`` in batches of it)."""
         kind, payload = self._split(body, "RESULT")
         if kind == wire.ERROR:
             raise DeviceError(f"{self.where}: the runner refused a batch: {payload.decode('utf-8', 'replace')}")
@@ -347,7 +401,8 @@ class LinuxTarget:
         try:
             out, end = wire.decode_array(payload)
             ns, end = wire.decode_array(payload, end)
-            device_ns, timed_together = wire.per_inference_ns(ns, views)
+            device_ns, timed_together = (wire.per_inference_ns(ns, views) if batch is None
+                                         else wire.range_inference_ns(ns, views, batch))
         except wire.RunnerError as exc:
             raise ProtocolError(f"{self.where}: malformed RESULT: {exc}") from exc
         if end != len(payload) or out.ndim == 0 or len(out) != views:
@@ -383,7 +438,7 @@ class LinuxTarget:
 
     def close(self) -> None:
         """Ask the runner to quit and wait for it; safe to call more than once."""
-        process, self._process = self._process, None
+        process, self._process, self._stored = self._process, None, None
         if process is not None:
             try:
                 process.close(wire.encode_frame(wire.QUIT))
