@@ -17,7 +17,16 @@ of two, followed by Clip and Round (half to even, as the golden model's shifts):
   and input range) is left out, so the common case is a ReLU fused into the Conv;
 * the last layer's Clip and Round are the reader's, done in bulk on a whole batch of outputs
   (as the runner already turned QCDQ code values into codes): the model ends at the exact value
-  ``acc * 2^-shift`` and its metadata carries the code bounds.
+  ``acc * 2^-shift`` and its metadata carries the code bounds;
+* a fully connected layer whose input codes are 0..255 and whose products cannot saturate even
+  when int8 kernels add them in pairs in int16 (``2 * largest input * largest |weight| <= 32767``,
+  proved from the weights: :func:`int8_fc_safe`) runs as onnxruntime's ``MatMulIntegerToFloat``
+  on uint8 codes made by ``QuantizeLinear`` (scale 1: round half to even, as ``Round``): the
+  int32 accumulator is exact on every kernel, and a quarter of the weight bytes and a vectorised
+  rounding make it faster than ``Round`` and a float ``Gemm``. Such a model is onnxruntime's only
+  (``MatMulIntegerToFloat`` is a ``com.microsoft`` operator), and it must run with the QDQ
+  transformations off (session config ``session.disable_quant_qdq``), or onnxruntime moves the
+  QuantizeLinear above the max-pool, onto four times the values.
 
 Input ``view``: float32 [B, 1, h, w] = pixel / 256 (as the QCDQ model); output ``code_values``:
 float32 [B, k], whose ``clip(rint(.), code_min, code_max)`` are the codes.
@@ -37,6 +46,8 @@ OPSET = 13
 INPUT_EXPONENT = -8  # the model takes pixel / 256
 FLOAT32_EXACT = 1 << 24  # every integer below this is a float32
 CODE_MIN_KEY, CODE_MAX_KEY = "hilbench.code_min", "hilbench.code_max"  # model metadata: the code bounds
+INT16_MAX = 32767  # a u8 x s8 kernel's pair sums saturate beyond this (x86 VPMADDUBSW)
+CONTRIB_DOMAIN = "com.microsoft"  # onnxruntime's operators: MatMulIntegerToFloat
 
 
 def accumulation_bound(encoder: IntEncoder) -> int:
@@ -61,6 +72,13 @@ def output_range(op: ConvOp | FcOp, in_lo: int, in_hi: int) -> tuple[int, int]:
     acc_lo = np.where(w > 0, w * in_lo, w * in_hi).sum(axis=1) + b
     scale = 2.0 ** -op.requant.shift
     return int(np.rint(acc_lo * scale).min()), int(np.rint(acc_hi * scale).max())
+
+
+def int8_fc_safe(op: FcOp, in_lo: int, in_hi: int) -> bool:
+    """Whether ``op`` can run as a u8 x s8 integer matmul on input codes in [in_lo, in_hi] with
+    every kernel exact: the codes fit uint8, and no two products summed in int16 can pass it."""
+    largest_weight = int(np.abs(op.weight.astype(np.int64)).max(initial=0))
+    return 0 <= in_lo and in_hi <= 255 and 2 * in_hi * largest_weight <= INT16_MAX
 
 
 def exact_in_float32(encoder: IntEncoder) -> bool:
@@ -99,6 +117,11 @@ def lower_to_onnx(encoder: IntEncoder):
         nodes.append(helper.make_node(op_type, inputs, [output], **attributes))
         return output
 
+    def uint8_const(name: str, values: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(values, dtype=np.uint8), name))
+        return name
+
+    contrib = False  # uses onnxruntime's own operators
     for i, op in enumerate(encoder.ops):
         if isinstance(op, MaxPoolOp):
             current = add("MaxPool", [current], f"pool{i}", kernel_shape=[op.size, op.size],
@@ -106,18 +129,27 @@ def lower_to_onnx(encoder: IntEncoder):
             continue
         if not isinstance(op, (ConvOp, FcOp)):
             raise ModelError(f"no exact ONNX lowering for {type(op).__name__}")
-        if unrounded:
-            current, unrounded = add("Round", [current], f"round{i}"), False
         # acc * 2^-shift, with the input's own scale 2^in_exponent undone: all powers of two
-        weight = op.weight.astype(np.float64) * 2.0 ** (-op.requant.shift - in_exponent)
-        bias = op.bias.astype(np.float64) * 2.0 ** -op.requant.shift
-        params = [const(f"w{i}", weight), const(f"b{i}", bias)]
-        if isinstance(op, ConvOp):
-            current = add("Conv", [current, *params], f"conv{i}", kernel_shape=list(op.weight.shape[-2:]),
-                          pads=[op.padding] * 4)
+        scale = 2.0 ** -op.requant.shift
+        bias = const(f"b{i}", op.bias.astype(np.float64) * scale)
+        if isinstance(op, FcOp) and i != layers[0] and int8_fc_safe(op, in_lo, in_hi):
+            one, zero = const(f"one{i}", np.array(1.0)), uint8_const(f"zero{i}", np.array(0))
+            codes = add("QuantizeLinear", [current, one, zero], f"codes{i}")  # scale 1: the pending rounding
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(op.weight.T.astype(np.int8)), f"w{i}"))
+            current = add("Flatten", [codes], f"flat{i}", axis=1)
+            current = add("MatMulIntegerToFloat", [current, f"w{i}", one, const(f"scale{i}", np.array(scale)),
+                                                   zero, "", bias], f"fc{i}", domain=CONTRIB_DOMAIN)
+            contrib = True
         else:
-            current = add("Flatten", [current], f"flat{i}", axis=1)
-            current = add("Gemm", [current, *params], f"fc{i}", transB=1)
+            if unrounded:
+                current = add("Round", [current], f"round{i}")
+            weight = const(f"w{i}", op.weight.astype(np.float64) * 2.0 ** (-op.requant.shift - in_exponent))
+            if isinstance(op, ConvOp):
+                current = add("Conv", [current, weight, bias], f"conv{i}", kernel_shape=list(op.weight.shape[-2:]),
+                              pads=[op.padding] * 4)
+            else:
+                current = add("Flatten", [current], f"flat{i}", axis=1)
+                current = add("Gemm", [current, weight, bias], f"fc{i}", transB=1)
         in_exponent = 0
         rq = op.requant
         lo, hi = output_range(op, in_lo, in_hi)
@@ -142,7 +174,8 @@ def lower_to_onnx(encoder: IntEncoder):
         nodes, f"hilbench-node{encoder.node}-exact",
         [helper.make_tensor_value_info("view", TensorProto.FLOAT, ["batch", 1, h, w])],
         [helper.make_tensor_value_info("code_values", TensorProto.FLOAT, ["batch", encoder.code_len])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(CONTRIB_DOMAIN, 1)] if contrib else [])
+    model = helper.make_model(graph, opset_imports=opsets,
                               producer_name="hilbench", doc_string=__doc__.splitlines()[0])
     model.ir_version = 8
     last = encoder.ops[layers[-1]]

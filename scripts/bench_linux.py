@@ -102,22 +102,11 @@ def blocked_latency(sessions: dict, views: np.ndarray, repeats: int, block: int 
     return {key: t.ravel() for key, t in timings.items()}
 
 
-def without_round(path: Path, threads: int = 1):
-    """A session of the exact model at ``path`` with its Round nodes taken out (their inputs feed
-    their consumers): NOT exact, only to show what the rounding between layers costs."""
+def graph_ops(path: Path) -> list[str]:
+    """The operator types of the ONNX model at ``path``, in graph order."""
     import onnx
-    import onnxruntime as ort
 
-    from devices.runner.hil_runner import NODE_CONFIGURATIONS, session_options
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    for node in [n for n in graph.node if n.op_type == "Round"]:
-        for other in graph.node:
-            other.input[:] = [node.input[0] if name == node.output[0] else name for name in other.input]
-        graph.node.remove(node)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"],
-                                sess_options=session_options(NODE_CONFIGURATIONS[0], threads))
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
 
 
 def configurations(files, code_exponent: int, views: np.ndarray, golden_codes: np.ndarray) -> dict:
@@ -383,10 +372,7 @@ def main() -> None:
     ns = interleaved_latency(sessions, views, args.repeats)
     stats = {name: percentiles(t) for name, t in ns.items()}
     chosen_name = chosen["configuration"]["name"]
-    warm_sessions = {chosen_name: sessions[chosen_name], "float": float_session}
-    if chosen_name == "exact-float":
-        warm_sessions["exact-float-unrounded"] = without_round(files.exact_onnx)
-    warm = blocked_latency(warm_sessions, views, args.repeats)
+    warm = blocked_latency({chosen_name: sessions[chosen_name], "float": float_session}, views, args.repeats)
     q_stats, f_stats = percentiles(warm[chosen_name]), percentiles(warm["float"])
     stream = np.resize(views, (args.stream, *views.shape[1:]))  # the test views, repeated
     loopback = over_ssh("pi-loopback", files, exponent, stream, SSH_BATCHES, args.ssh_repeats,
@@ -417,10 +403,7 @@ def main() -> None:
             "qcdq_over_float_p50": q_stats["p50_us"] / f_stats["p50_us"],
             "qcdq_over_float_paired_median": float(np.median(warm[chosen_name] / warm["float"])),
             "timing": "the runner's choice and float alone, in alternating blocks of 200 views (each warm)",
-            **({"unrounded": {**percentiles(warm["exact-float-unrounded"]),
-                              "over_float_paired_median": float(np.median(warm["exact-float-unrounded"] / warm["float"])),
-                              "note": "the exact model without its Round between layers: not exact, only the "
-                                      "cost of rounding"}} if "exact-float-unrounded" in warm else {}),
+            "graphs": {"exact": graph_ops(files.exact_onnx), "float": graph_ops(float_model)},
             "interleaved_float": stats["float"],
             "configurations": {name: {"views_differing_from_golden": bad, "views": int(len(views)),
                                       "description": model.configuration.description, **stats[name],
@@ -489,11 +472,8 @@ def markdown(r: dict) -> str:
               f"The bar's figure: {lat['timing']}: {q['p50_us']:.2f} us against {w['p50_us']:.2f} us (p50), the "
               f"runner's exact configuration / float: **{lat['qcdq_over_float_p50']:.3f}x** (median of the "
               f"per-inference ratios, same view and pass: {lat['qcdq_over_float_paired_median']:.3f}x)."]
-    if "unrounded" in lat:
-        u = lat["unrounded"]
-        lines += ["", f"What the exactness costs: the exact model is the float graph's ops plus one Round (half to "
-                  f"even, after the pool: the requantization of the hidden layer). Without it (not exact, its codes "
-                  f"differ), in the same blocks: {u['p50_us']:.2f} us, {u['over_float_paired_median']:.3f}x float."]
+    lines += ["", "The two graphs as exported: exact " + " -> ".join(lat["graphs"]["exact"]) + "; float "
+              + " -> ".join(lat["graphs"]["float"]) + "."]
     lines += ["", f"Self-check at load: {lat['runner_choice']['self_check']}.", "",
               "## Batched inference over SSH (pi-loopback) vs local onnxruntime", "",
               f"Basis: {r['ssh_vs_local']['basis']}. Runner batching: "

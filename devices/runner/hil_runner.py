@@ -16,8 +16,9 @@ Usage::
 How a node encoder runs (see :data:`NODE_CONFIGURATIONS`): onnxruntime's default optimizations
 fuse the QCDQ graph into u8 x s8 int8 kernels, which on x86 without VNNI sum product pairs in
 saturating int16 and give codes that differ from the integer model. So the runner never uses
-them; it tries exact configurations, fastest first: the export's float32 lowering of the integer
-model (``--exact-model``), then the QCDQ graph with the QDQ fusion off, then unoptimized. Before
+them; it tries exact configurations, fastest first: the export's exact lowering of the integer
+model (``--exact-model``: float32 ops, and int8 matmuls only where no product pair can saturate;
+see quant_models/exact_onnx.py), then the QCDQ graph with the QDQ fusion off, then unoptimized. Before
 serving, each candidate encodes the export's golden check vectors (``--check``: views and their
 golden codes), one view per call; the first whose codes all match is used. HELLO says which ran,
 what the others gave, and the CPU's int8-relevant flags; if none matches, the runner refuses to
@@ -340,9 +341,10 @@ class Configuration:
 
 
 NODE_CONFIGURATIONS = (
-    Configuration("exact-float", "exact", "ORT_ENABLE_ALL", {},
-                  "float32 lowering of the integer model (integer-valued tensors, partial sums below 2^24), "
-                  "all graph optimizations"),
+    Configuration("exact-float", "exact", "ORT_ENABLE_ALL", {"session.disable_quant_qdq": "1"},
+                  "float32 lowering of the integer model (integer-valued tensors, partial sums below 2^24; fully "
+                  "connected layers whose u8 x s8 products provably cannot saturate as integer matmuls), all "
+                  "graph optimizations but the QDQ ones"),
     Configuration("qcdq-unfused", "export", "ORT_ENABLE_ALL", {"session.disable_quant_qdq": "1"},
                   "QCDQ graph, all optimizations but the QDQ fusion into int8 kernels (float kernels between Q/DQ)"),
     Configuration("qcdq-unoptimized", "export", "ORT_DISABLE_ALL", {},

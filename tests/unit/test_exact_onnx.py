@@ -8,8 +8,8 @@ from onnx import helper, numpy_helper
 from devices.runner import hil_runner as runner
 from harness.core.errors import ModelError
 from quant_models import golden
-from quant_models.exact_onnx import (CODE_MAX_KEY, CODE_MIN_KEY, FLOAT32_EXACT, accumulation_bound,
-                                     codes_from_output, lower_to_onnx, output_range)
+from quant_models.exact_onnx import (CODE_MAX_KEY, CODE_MIN_KEY, FLOAT32_EXACT, INT16_MAX, accumulation_bound,
+                                     codes_from_output, int8_fc_safe, lower_to_onnx, output_range)
 from quant_models.intparams import ConvOp, FcOp, IntEncoder, MaxPoolOp, Requant
 
 LEVELS = [ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -153,3 +153,42 @@ def test_the_runner_refuses_to_serve_when_no_configuration_matches(tmp_path):
     with pytest.raises(runner.RunnerError, match=r"no exact configuration: every candidate's codes differ .*"
                                                  r"exact-float.*qcdq-unfused.*qcdq-unoptimized.*CPU int8 flags"):
         runner.Model(export, "node", 0, threads=1, exact_path=path, check=(views, wrong))
+
+
+def test_an_fc_is_int8_only_where_no_pair_of_products_can_pass_int16() -> None:
+    fc = FcOp(np.array([[64, -64, 3]], np.int8), np.zeros(1, np.int32), Requant(8, 0, 15))
+    assert 2 * 255 * 64 <= INT16_MAX < 2 * 255 * 65
+    assert int8_fc_safe(fc, 0, 255)
+    assert not int8_fc_safe(FcOp(np.array([[65, 1]], np.int8), fc.bias, fc.requant), 0, 255)
+    assert int8_fc_safe(FcOp(np.array([[65, 1]], np.int8), fc.bias, fc.requant), 0, 252)  # 2 x 252 x 65 = 32760
+    assert not int8_fc_safe(fc, -1, 255) and not int8_fc_safe(fc, 0, 256)  # codes must fit uint8
+
+
+def _saturating_encoder(fc_weight: int) -> IntEncoder:
+    """A white view drives every conv output, so every FC input, to 255; every FC weight is
+    +-fc_weight, so each pair of products an int8 kernel adds in int16 is +-2 x 255 x fc_weight."""
+    conv = ConvOp(np.full((2, 1, 3, 3), 127, np.int8), np.full(2, 2000, np.int32), 1, Requant(4, 0, 255))
+    signs = np.where(np.arange(2 * 3 * 3) % 4 < 2, 1, -1)
+    fc_w = np.stack([signs * fc_weight, -signs * fc_weight, np.full(18, fc_weight)]).astype(np.int8)
+    fc = FcOp(fc_w, np.array([0, 100, -100], np.int32), Requant(12, 0, 255))
+    return IntEncoder(0, (6, 6), -8, (conv, MaxPoolOp(2), fc), 8, 0)
+
+
+@pytest.mark.parametrize("fc_weight, int8", [(64, True), (65, False)])
+def test_int8_fc_at_the_saturation_edge_gives_golden_codes(fc_weight: int, int8: bool) -> None:
+    """At the bound, every pair of products sums to +-32,640: a u8 x s8 kernel that summed pairs
+    in int16 with one code more would saturate. Past it, the layer stays a Round and a float Gemm."""
+    rng = np.random.default_rng(fc_weight)
+    encoder = _saturating_encoder(fc_weight)
+    views = _views(rng, encoder.input_shape)
+    ops = {n.op_type for n in lower_to_onnx(encoder).graph.node}
+    assert ({"QuantizeLinear", "MatMulIntegerToFloat"} <= ops) is int8 and ({"Round", "Gemm"} <= ops) is not int8
+    expected = golden.encode(encoder, views)
+    assert len(np.unique(expected)) > 1
+    model = lower_to_onnx(encoder)
+    for level in LEVELS:
+        assert (_codes(model, views, level) == expected).all(), level
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"],
+                                   sess_options=runner.session_options(runner.NODE_CONFIGURATIONS[0], 1))
+    values = session.run(None, {"view": (views.astype(np.float32) / 256)[:, None]})[0]
+    assert (codes_from_output(values, 0, 255) == expected).all()
