@@ -5,7 +5,8 @@ Why not the QCDQ export: onnxruntime fuses QuantizeLinear/DequantizeLinear aroun
 u8 x s8 int8 kernels, and on x86 without VNNI those sum pairs of products in saturating int16
 (VPMADDUBSW), so codes differ from the integer model on some CPUs and not on others. Here every
 layer is a float Conv or Gemm whose weights and bias are the int8/int32 parameters times a power
-of two, followed by Clip and Round (half to even, as the golden model's shifts):
+of two, followed by Clip and Round (half to even, as the golden model's shifts), except a fully
+connected layer that provably cannot saturate an int8 kernel (the last point):
 
 * every product is an integer times a power of two, and every partial sum of a layer stays below
   2^24 of its unit (checked here from the weights: :func:`accumulation_bound`), so float32 adds
