@@ -139,6 +139,9 @@ class _NodeRunner:
             try:
                 with injecting(self.link_faults), \
                         open_node_target(self.profile, self.model.node_models[self.node], self.model.directory) as target:
+                    prepare = getattr(target, "prepare", None)  # optional (see NodeTarget)
+                    if prepare is not None:
+                        prepare(self.views[pending[0]])  # before t0 of any batch: outside every timed span
                     self.events.put(_Event("opened", self.node, target=target))
                     try:
                         while pending and not self.stop.is_set():

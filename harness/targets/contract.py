@@ -51,6 +51,10 @@ class NodeInfo:
 
 
 class NodeTarget(Protocol):
+    """A deployed node encoder. A target may also have ``prepare(view)``: work it does once before
+    its first batch (the MCU's per-layer profile inference), which the engine calls before it
+    times any batch, so the request spans a meter's windows are cut from never include it."""
+
     profile: DeviceProfile
     encoder: NodeModel
     info: NodeInfo

@@ -232,3 +232,41 @@ def test_faults_on_every_link_are_recovered_in_one_invocation(tmp_path):
     assert link["rows"] == link["expected_rows"] == 200
     assert sum(link["faults_injected"].values()) > 0 and link["retries"] > 0
     assert link["link_faults"] == "flip=0.0005,drop=0.0002,garbage=0.0001,seed=3"
+
+
+def test_the_layer_profile_runs_before_any_timed_batch(tmp_path, monkeypatch):
+    """Meters without a marker pin cut their windows at the engine's request spans: the per-layer
+    profile inference each MCU node runs once must end before its node's first span starts."""
+    from harness.measure.metering import RunMetering
+    from harness.run import RunOptions, open_run, plan_run, prepare, stream
+    from harness.store.results import ResultsStore
+    from harness.targets.mcu.node import McuNodeTarget
+    from quant_models.experiment import load_experiment
+
+    profiled: dict[int, list[tuple[float, float]]] = {}
+    layer_profile = McuNodeTarget.layer_profile
+
+    def timed_layer_profile(self, view):
+        started = time.monotonic()
+        layers = layer_profile(self, view)
+        profiled.setdefault(self.encoder.node, []).append((started, time.monotonic()))
+        return layers
+
+    class Spans(RunMetering):
+        def batch(self, node, rows, t0, t1):
+            spans.setdefault(node, []).append((t0, t1))
+
+    spans: dict[int, list[tuple[float, float]]] = {}
+    monkeypatch.setattr(McuNodeTarget, "layer_profile", timed_layer_profile)
+    plan = plan_run(load_experiment("experiments/smoke.yaml"), RunOptions(samples=40))
+    model = prepare(plan)
+    store = ResultsStore(tmp_path / "results.sqlite")
+    run_id, _ = open_run(plan, model, store)
+    with Spans(store, run_id, {}) as metering:
+        stream(plan, model, store, run_id, metering=metering)
+    assert sorted(profiled) == sorted(spans) == list(range(4))
+    for node, runs in profiled.items():
+        assert len(runs) == 1, f"node {node} profiled {len(runs)} times"
+        assert runs[0][1] <= min(t0 for t0, _ in spans[node]), f"node {node}: the profile ran inside a timed span"
+    infos = [json.loads(info) for info in store.nodes(run_id)["info"]]
+    assert all(info["layers"] and all(layer["count"] > 0 for layer in info["layers"]) for info in infos)

@@ -51,10 +51,15 @@ class McuNodeTarget:
     def infer(self, view: np.ndarray) -> NodeReply:
         return self.infer_batch(view[None])[0]
 
-    def infer_batch(self, views: np.ndarray) -> list[NodeReply]:
+    def prepare(self, view: np.ndarray) -> None:
+        """The per-layer profile, once, on ``view`` (the engine calls this before timing any batch;
+        :meth:`infer_batch` does it first otherwise)."""
         if not self._profiled:
-            self.info.extra["layers"] = self.layer_profile(views[0])
+            self.info.extra["layers"] = self.layer_profile(view)
             self._profiled = True
+
+    def infer_batch(self, views: np.ndarray) -> list[NodeReply]:
+        self.prepare(views[0])
         results = self.deployed.target.infer_batch([v.tobytes() for v in views])
         return [self._reply(result) for result in results]
 
