@@ -110,17 +110,13 @@ def lower_to_onnx(encoder: IntEncoder):
     in_lo, in_hi = 0, 255  # the range of the layer's input codes: pixels, then the clipped codes
     unrounded = False  # clipped but not yet rounded: max-pool first, on a quarter of the values
 
-    def const(name: str, values: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(values, dtype=np.float32), name))
+    def const(name: str, values: np.ndarray, dtype: type = np.float32) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
         return name
 
     def add(op_type: str, inputs: list[str], output: str, **attributes: Any) -> str:
         nodes.append(helper.make_node(op_type, inputs, [output], **attributes))
         return output
-
-    def uint8_const(name: str, values: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(values, dtype=np.uint8), name))
-        return name
 
     contrib = False  # uses onnxruntime's own operators
     for i, op in enumerate(encoder.ops):
@@ -134,11 +130,11 @@ def lower_to_onnx(encoder: IntEncoder):
         scale = 2.0 ** -op.requant.shift
         bias = const(f"b{i}", op.bias.astype(np.float64) * scale)
         if isinstance(op, FcOp) and i != layers[0] and int8_fc_safe(op, in_lo, in_hi):
-            one, zero = const(f"one{i}", np.array(1.0)), uint8_const(f"zero{i}", np.array(0))
+            one, zero = const(f"one{i}", np.array(1.0)), const(f"zero{i}", np.array(0), np.uint8)
             codes = add("QuantizeLinear", [current, one, zero], f"codes{i}")  # scale 1: the pending rounding
-            inits.append(numpy_helper.from_array(np.ascontiguousarray(op.weight.T.astype(np.int8)), f"w{i}"))
+            weight = const(f"w{i}", np.ascontiguousarray(op.weight.T), np.int8)
             current = add("Flatten", [codes], f"flat{i}", axis=1)
-            current = add("MatMulIntegerToFloat", [current, f"w{i}", one, const(f"scale{i}", np.array(scale)),
+            current = add("MatMulIntegerToFloat", [current, weight, one, const(f"scale{i}", np.array(scale)),
                                                    zero, "", bias], f"fc{i}", domain=CONTRIB_DOMAIN)
             contrib = True
         else:

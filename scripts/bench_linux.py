@@ -56,13 +56,18 @@ def percentiles(ns: np.ndarray) -> dict:
             "p99_us": float(np.percentile(us, 99)), "mean_us": float(us.mean()), "n": int(us.size)}
 
 
+def _model_inputs(sessions: dict, views: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+    """The encoders' input for ``views`` (pixel / 256, [B, 1, h, w]) and each session's input name."""
+    x = (views.astype(np.float32) / np.float32(256.0))[:, None]
+    return x, {key: session.get_inputs()[0].name for key, session in sessions.items()}
+
+
 def interleaved_latency(sessions: dict, views: np.ndarray, repeats: int) -> dict[str, np.ndarray]:
     """ns per single-sample inference of each session, ``repeats`` passes over ``views`` after a
     warm-up pass; each view goes through every session in turn, the order rotating from view to
     view so that no session always runs first (cold) or last."""
-    x = (views.astype(np.float32) / np.float32(256.0))[:, None]
+    x, names = _model_inputs(sessions, views)
     keys = list(sessions)
-    names = {key: sessions[key].get_inputs()[0].name for key in keys}
     timings = {key: np.zeros((repeats, len(x)), dtype=np.int64) for key in keys}
     clock = time.perf_counter_ns
     for rep in range(-1, repeats):
@@ -82,9 +87,8 @@ def blocked_latency(sessions: dict, views: np.ndarray, repeats: int, block: int 
     so each session is warm (as on a device serving one model), the sessions alternating from
     block to block and the order reversing every other block; ``repeats`` passes after a warm-up
     block. Timings are returned view for view, so they can be paired."""
-    x = (views.astype(np.float32) / np.float32(256.0))[:, None]
+    x, names = _model_inputs(sessions, views)
     keys = list(sessions)
-    names = {key: sessions[key].get_inputs()[0].name for key in keys}
     for key in keys:  # warm-up
         for i in range(min(block, len(x))):
             sessions[key].run(None, {names[key]: x[i:i + 1]})

@@ -704,26 +704,30 @@ def _error(out: BinaryIO, text: str) -> None:
     out.flush()
 
 
+def _only_array(payload: bytes, message: str) -> Any:
+    """The one array a ``message`` payload carries; RunnerError if bytes follow it."""
+    array, end = decode_array(payload)
+    if end != len(payload):
+        raise RunnerError(f"{len(payload) - end} stray bytes after the {message} array")
+    return array
+
+
+def _result_frame(outputs: Any, timings: Any) -> bytes:
+    return encode_frame(RESULT, encode_array(outputs) + encode_array(timings))
+
+
 def _reply(model: RunnerModel, kind: int, payload: bytes) -> bytes:
     """The reply frame to one request (ERROR for a request the runner cannot serve)."""
     try:
         if kind == INFER:
-            batch, end = decode_array(payload)
-            if end != len(payload):
-                raise RunnerError(f"{len(payload) - end} stray bytes after the INFER array")
-            outputs, timings = model.infer(batch)
-            return encode_frame(RESULT, encode_array(outputs) + encode_array(timings))
+            return _result_frame(*model.infer(_only_array(payload, "INFER")))
         if kind == INFER_STORED:
             if len(payload) != STORED_RANGE.size:
                 raise RunnerError(f"INFER_STORED carries {STORED_RANGE.size} bytes (start, count, batch), "
                                   f"not {len(payload)}")
-            outputs, timings = model.infer_stored(*STORED_RANGE.unpack(payload))
-            return encode_frame(RESULT, encode_array(outputs) + encode_array(timings))
+            return _result_frame(*model.infer_stored(*STORED_RANGE.unpack(payload)))
         if kind == STORE:
-            inputs, end = decode_array(payload)
-            if end != len(payload):
-                raise RunnerError(f"{len(payload) - end} stray bytes after the STORE array")
-            return encode_frame(STORE, json.dumps({"inputs": model.store(inputs)}).encode())
+            return encode_frame(STORE, json.dumps({"inputs": model.store(_only_array(payload, "STORE"))}).encode())
         if kind == INFO:
             facts = device_facts() | {"inferences": model.inferences}
             return encode_frame(INFO, json.dumps(facts).encode())

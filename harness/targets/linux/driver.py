@@ -290,9 +290,7 @@ class LinuxTarget:
     def encode(self, views: np.ndarray) -> EncodeResult:
         """Node role: integer codes of uint8 views [B, h, w] (an LSTM node: int8 windows
         [B, rows, steps]), device ns per inference, and the host round trip of each batch."""
-        done = self._run_batches(self._node_inputs(views, "encode()"))
-        return EncodeResult(done.outputs.astype(np.uint8, copy=False), done.device_ns, done.round_trip_s,
-                            done.timed_together)
+        return self._codes(self._run_batches(self._node_inputs(views, "encode()")))
 
     def store(self, views: np.ndarray) -> int:
         """Node role: send ``views`` (as :meth:`encode` takes them) to the device once, to be
@@ -318,8 +316,7 @@ class LinuxTarget:
         the end), in batches of ``batch_size`` run and timed as :meth:`encode` runs them. Each
         request carries :data:`STORED_REQUEST_BATCHES` batches and only their range; its reply
         carries their codes and timings, so ``round_trip_s`` is per request."""
-        if self.role != "node":
-            raise DeviceError(f"{self.where} runs the head (gateway role); encode_stored() needs a node")
+        self._require_node("encode_stored()")
         if self._stored is None:
             raise DeviceError(f"{self.where}: no stored views (call store() first)")
         count = self._stored - start if count is None else count
@@ -331,15 +328,22 @@ class LinuxTarget:
         sizes = [min(per_request, start + count - first) for first in firsts]
         frames = (wire.encode_frame(wire.INFER_STORED, wire.STORED_RANGE.pack(first, n, self.batch_size))
                   for first, n in zip(firsts, sizes))
-        done = self._stream(frames, sizes, self.batch_size, self.reply_timeout_s * STORED_REQUEST_BATCHES)
+        return self._codes(self._stream(frames, sizes, self.batch_size,
+                                        self.reply_timeout_s * STORED_REQUEST_BATCHES))
+
+    @staticmethod
+    def _codes(done: _Batches) -> EncodeResult:
         return EncodeResult(done.outputs.astype(np.uint8, copy=False), done.device_ns, done.round_trip_s,
                             done.timed_together)
+
+    def _require_node(self, method: str) -> None:
+        if self.role != "node":
+            raise DeviceError(f"{self.where} runs the head (gateway role); {method} needs a node")
 
     def _node_inputs(self, views: np.ndarray, method: str) -> np.ndarray:
         """``views`` checked for this node and as they travel: the wire has no int8, so an LSTM's
         windows go as their two's-complement bytes."""
-        if self.role != "node":
-            raise DeviceError(f"{self.where} runs the head (gateway role); {method} needs a node")
+        self._require_node(method)
         views = np.asarray(views)
         dtype = np.int8 if self.kind == "int-lstm" else np.uint8
         if views.dtype != dtype or views.ndim != 3:
